@@ -1,0 +1,57 @@
+# Shared helpers for kartflow's hack/ scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$HACK_DIR/.." && pwd)
+
+# Pins and connection settings: hack/stack.env, each overridable from the environment.
+while IFS='=' read -r key value; do
+  case "$key" in ''|'#'*) continue ;; esac
+  if [ -z "${!key:-}" ]; then export "$key=$value"; fi
+done < "$HACK_DIR/stack.env"
+
+# Runtime state (data, logs, pid files) lives outside the work tree so a fresh clone finds a
+# running stack and reuses it; caches (jars, binaries) live under the user's cache directory.
+export KARTFLOW_DEV_DIR=${KARTFLOW_DEV_DIR:-/tmp/kartflow-dev}
+export KARTFLOW_CACHE_DIR=${KARTFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kartflow}
+
+log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${COMPONENT:-hack}" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# pid_alive PIDFILE MARKER: true when the pid file names a live process whose command line
+# contains MARKER (guards against a stale file whose pid now belongs to someone else).
+pid_alive() {
+  local pidfile=$1 marker=$2 pid
+  [ -s "$pidfile" ] || return 1
+  pid=$(head -n1 "$pidfile")
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$marker"
+}
+
+# port_open HOST PORT: true when something accepts TCP connections there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# wait_until TIMEOUT_S DESCRIPTION COMMAND...: polls COMMAND once a second.
+wait_until() {
+  local timeout=$1 what=$2 start=$SECONDS
+  shift 2
+  until "$@"; do
+    if (( SECONDS - start >= timeout )); then return 1; fi
+    sleep 1
+  done
+  log "$what after $((SECONDS - start)) s"
+}
+
+# apt_install PKG...: installs Debian packages when we are root; otherwise says what to run.
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    die "missing packages: $*. Install them with: sudo apt-get install -y $*"
+  fi
+  log "installing Debian packages: $*"
+  if [ ! -f "$KARTFLOW_DEV_DIR/.apt-updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+    mkdir -p "$KARTFLOW_DEV_DIR" && touch "$KARTFLOW_DEV_DIR/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    || die "apt-get install $* failed"
+}
