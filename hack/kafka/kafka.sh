@@ -80,6 +80,9 @@ transaction.state.log.num.partitions=5
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# KIP-848 consumer groups: detect a killed member in 10 s instead of 45 s (tests kill workers).
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=10000
 PROPS
 }
 

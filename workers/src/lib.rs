@@ -3,3 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod inventory;
+pub mod kafka;
+pub mod telemetry;

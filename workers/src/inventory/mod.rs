@@ -1,1 +1,30 @@
 //! The inventory role: keyed per-product state fed by product updates and order lines.
+//!
+//! This module is the pure core (no Kafka, no clock, no I/O): [`decode`] turns raw record bytes
+//! into an [`Input`] or a DLQ entry, and [`apply`] runs one input against a partition's
+//! [`PartitionState`] at a given processing time, returning the records to produce. The Kafka loop
+//! only moves bytes, commits transactions and snapshots the state.
+
+pub mod apply;
+pub mod config;
+pub mod decode;
+mod emit;
+pub mod io;
+pub mod state;
+pub mod validate;
+
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod rules_table;
+#[cfg(test)]
+mod testutil;
+
+pub use apply::apply;
+pub use config::{ConfigError, InventoryConfig, Millis};
+pub use decode::{BootstrapFileError, decode, decode_bootstrap_file};
+pub use io::{Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
+pub use state::{BufferedLine, KeyState, Oversold, PartitionState, STATE_SCHEMA_VERSION};
+pub use validate::ValidationError;
+
+pub mod runtime;
