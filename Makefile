@@ -8,7 +8,12 @@ CARGO ?= cargo
 # DATABASE_URL instead of starting the local stack.
 STACK ?= local
 
-.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo
+.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo bench-inventory \
+	cluster-build cluster-up cluster-down cluster-env cluster-smoke
+
+# Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
+BENCH_PRODUCTS ?= 100000
+BENCH_ORDERS ?= 300000
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +52,26 @@ dev-down: ## Stop the local data stack (only what dev-up started)
 
 dev-status: ## Show whether the local data stack runs
 	hack/dev.sh status
+
+cluster-build: ## Build the local Kubernetes control plane, etcd and helm from Go modules (cached)
+	hack/cluster/build.sh
+
+cluster-up: ## Start the local Kubernetes control plane (builds it on first use)
+	hack/cluster/up.sh
+
+cluster-down: ## Stop the local Kubernetes control plane
+	hack/cluster/down.sh
+
+cluster-env: ## Print KUBECONFIG and PATH for the local cluster: eval "$$(make -s cluster-env)"
+	@hack/cluster/env.sh
+
+cluster-smoke: ## Check a running local cluster (version, RBAC, controllers, helm)
+	hack/cluster/smoke.sh
+
+bench-inventory: ## Inventory worker vs raw transactional passthrough (results in target/bench/)
+	hack/dev.sh up >/dev/null
+	$(CARGO) bench -p kartflow-worker --bench inventory --locked -- \
+	  --products $(BENCH_PRODUCTS) --orders $(BENCH_ORDERS)
 
 demo: ## Bring everything up and show the pipeline (arrives with the operator and workers)
 	@echo "make demo needs the operator and workers, which are not built yet (see README.md, Status)." >&2
