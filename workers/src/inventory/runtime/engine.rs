@@ -47,6 +47,14 @@ pub enum EngineError {
     #[error("the consumer has no group metadata: it has not joined group yet")]
     NoGroupMetadata,
     #[error(
+        "the Kafka consumer failed fatally ({code}): {reason}{hint}; exiting so a restart gets a fresh consumer"
+    )]
+    ConsumerFatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error(
         "savepoint {id} has state for {have} partitions but the inputs have {want}: restore it into a pipeline with the same partition count"
     )]
     SavepointPartitions {
@@ -133,6 +141,10 @@ struct Core {
     partition_count: usize,
     client: ClientConfig,
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// Watermark queries for the lag gauges. Not the group consumer: its broker connections are
+    /// busy with long-poll fetches, which queue each query behind up to `fetch.wait.max.ms` and
+    /// stalled the loop for seconds on every refresh.
+    watermarks: BaseConsumer,
     slots: BTreeMap<i32, Slot>,
     txn_open: bool,
     /// Consume instants of the records in the open transaction, for the latency histogram.
@@ -145,7 +157,7 @@ struct Core {
     needs_rewind: bool,
     fatal: Option<EngineError>,
     assigned_once: bool,
-    bootstrap: Option<BootstrapFile>,
+    bootstrap: Option<Arc<BootstrapFile>>,
     savepoint: Option<Loaded>,
     metrics: Metrics,
     shared: Arc<Shared>,
@@ -192,6 +204,7 @@ impl ConsumerContext for Ctx {
                     error!(error = %e, "restoring assigned partitions failed");
                     core.fatal = Some(e);
                 }
+                core.set_start_offsets(tpl);
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
@@ -395,6 +408,11 @@ impl Core {
                 .with_label_values(&[Self::disposition_label(&out.disposition)])
                 .inc();
         }
+        // A tick that fired nothing must not open a transaction of its own.
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
         self.emit(&out)
     }
 
@@ -449,7 +467,6 @@ impl Core {
         let now = now_ms();
         let partitions: Vec<i32> = self.slots.keys().copied().collect();
         for p in partitions {
-            self.begin()?;
             self.apply_to(p, Input::Tick, now)?;
         }
         Ok(())
@@ -457,6 +474,9 @@ impl Core {
 
     /// Applies the bootstrap file to partitions that have not seen this version of it.
     fn apply_bootstrap(&mut self) -> Result<(), EngineError> {
+        if self.to_bootstrap.is_empty() {
+            return Ok(());
+        }
         let Some(file) = self.bootstrap.clone() else {
             self.to_bootstrap.clear();
             return Ok(());
@@ -657,6 +677,32 @@ impl Core {
         Ok(())
     }
 
+    /// Makes the assignment itself start every partition with state exactly where its state
+    /// stops (the beginning for an input it has consumed nothing of). A seek right after an
+    /// incremental assign fails while librdkafka still fetches the committed offsets ("Erroneous
+    /// state"), and the consumer would then start from the group's committed offsets, which
+    /// differ from the state's after a savepoint restore (the whole input is re-read into a new
+    /// group; an older savepoint in the same group would skip what it has not seen).
+    fn set_start_offsets(&mut self, tpl: &TopicPartitionList) {
+        // `elements` hands out writable views of the list librdkafka assigns after this callback.
+        for mut e in tpl.elements() {
+            let Some(slot) = self.slots.get(&e.partition()) else {
+                continue;
+            };
+            let start = slot
+                .meta
+                .offsets
+                .get(e.topic())
+                .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            if let Err(err) = e.set_offset(start) {
+                warn!(topic = e.topic(), partition = e.partition(), error = %err,
+                    "cannot set the start offset; seeking after the assignment instead");
+                continue;
+            }
+            self.to_seek.remove(&e.partition());
+        }
+    }
+
     /// Points the consumer at the offsets the restored state corresponds to.
     fn seek_restored<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let pending: Vec<i32> = std::mem::take(&mut self.to_seek).into_iter().collect();
@@ -767,11 +813,14 @@ impl Core {
     }
 
     /// Refreshes per-partition lag from the brokers' high watermarks.
-    fn refresh_lag<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    fn refresh_lag(&mut self) {
         let topics = self.input_topics();
         for (p, slot) in &mut self.slots {
             for t in &topics {
-                if let Ok((_, high)) = consumer.fetch_watermarks(t, *p, Duration::from_secs(2)) {
+                if let Ok((_, high)) =
+                    self.watermarks
+                        .fetch_watermarks(t, *p, Duration::from_secs(2))
+                {
                     let next = slot.meta.offsets.get(t).copied().unwrap_or(0);
                     let lag = (high - next).max(0);
                     slot.lag.insert(t.clone(), lag);
@@ -840,7 +889,9 @@ pub fn run(
         })?;
     info!(%transactional_id, "transactional producer ready");
 
+    let watermarks: BaseConsumer = setup.client.create()?;
     let core = Core {
+        watermarks,
         rules: s.rules.clone(),
         changelog_topic: s.changelog_topic(),
         instance: setup.instance.clone(),
@@ -856,7 +907,7 @@ pub fn run(
         needs_rewind: false,
         fatal: None,
         assigned_once: false,
-        bootstrap: setup.bootstrap,
+        bootstrap: setup.bootstrap.map(Arc::new),
         savepoint: setup.savepoint,
         metrics: setup.metrics.clone(),
         shared: setup.shared.clone(),
@@ -866,7 +917,8 @@ pub fn run(
         .client
         .clone()
         .set("group.id", s.group_id())
-        .set("group.instance.id", &setup.instance)
+        // Dynamic membership on purpose: a stopped worker leaves at once so its partitions move
+        // immediately, and a restarted one is never refused as an unreleased static member.
         .set("group.protocol", "consumer")
         .set("group.remote.assignor", "range")
         .set("isolation.level", "read_committed")
@@ -911,7 +963,19 @@ pub fn run(
                     Instant::now(),
                 )?;
             }
-            Some(Err(e)) => warn!(error = %e, "consumer error"),
+            Some(Err(e)) => {
+                // A fatal error leaves the consumer unusable: polling on would hang unready.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    let hint = if code == RDKafkaErrorCode::UnreleasedInstanceId {
+                        " (a previous process with this instance id crashed without leaving the \
+                         group; the broker releases the id after group.consumer.session.timeout.ms)"
+                    } else {
+                        ""
+                    };
+                    return Err(EngineError::ConsumerFatal { code, reason, hint });
+                }
+                warn!(error = %e, "consumer error");
+            }
         }
         if last_tick.elapsed() >= tick_every {
             last_tick = Instant::now();
@@ -924,7 +988,7 @@ pub fn run(
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {
             last_lag = Instant::now();
-            core.refresh_lag(&consumer);
+            core.refresh_lag();
             core.publish_status();
         }
         if let Ok(cmd) = commands.try_recv() {

@@ -131,7 +131,13 @@ impl Store {
             detail,
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-        let (store, root) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+        // Remote stores take their credentials and endpoint from the standard AWS_* variables;
+        // the local filesystem ignores them.
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let (store, root) =
+            object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             store: Arc::from(store),
             root,
