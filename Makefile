@@ -4,12 +4,12 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-# STACK=external runs the tests against servers you point at with KAFKA_BOOTSTRAP and
-# DATABASE_URL instead of starting the local stack.
+# STACK=external runs the tests against servers you point at with KAFKA_BOOTSTRAP,
+# DATABASE_URL and KUBECONFIG instead of starting the local stack and cluster.
 STACK ?= local
 
 .PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo bench-inventory \
-	cluster-build cluster-up cluster-down cluster-env cluster-smoke
+	cluster-build cluster-up cluster-down cluster-env cluster-smoke crds crds-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
 BENCH_PRODUCTS ?= 100000
@@ -38,9 +38,19 @@ lint: toolchain ## clippy with warnings as errors
 unit-test: toolchain ## Tests that need no running servers
 	$(CARGO) test --workspace --locked
 
-test: toolchain fmt-check lint ## Everything: format, lint, unit, integration and end-to-end tests
+crds: ## Regenerate crds/ from the Rust types in operator/src/crd
+	@mkdir -p crds
+	$(CARGO) run -q -p kartflow-operator --bin crdgen --locked -- crds
+
+crds-check: ## Fail if crds/ differs from what the Rust types generate
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(CARGO) run -q -p kartflow-operator --bin crdgen --locked -- "$$tmp" && \
+	  diff -ru crds "$$tmp" || { echo "crds/ is out of date with operator/src/crd: run 'make crds' and commit the result" >&2; exit 1; }
+
+test: toolchain fmt-check lint crds-check ## Everything: format, lint, unit, integration and end-to-end tests
 ifeq ($(STACK),local)
 	hack/dev.sh up
+	hack/cluster/up.sh
 endif
 	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
 

@@ -1,0 +1,292 @@
+//! `CdcSource`: a PostgreSQL logical replication slot streamed into Kafka, and the slot guard
+//! that keeps a forgotten slot from filling the database's disk.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{CommonStatus, KafkaConnection, LocalObjectRef};
+
+/// Desired state of a CDC source.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "kartflow.io",
+    version = "v1alpha1",
+    kind = "CdcSource",
+    namespaced,
+    status = "CdcSourceStatus",
+    shortname = "cdc",
+    category = "kartflow",
+    doc = "Change data capture from a PostgreSQL replication slot into Kafka, with a slot guard",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Slot", type_ = "string", json_path = ".spec.slot.name"),
+    printcolumn(name = "Active", type_ = "boolean", json_path = ".status.slot.active"),
+    printcolumn(
+        name = "Retained",
+        type_ = "string",
+        json_path = ".status.slot.retainedWal"
+    ),
+    printcolumn(name = "Topic", type_ = "string", json_path = ".spec.topic"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CdcSourceSpec {
+    /// The `kartflow-worker` image to run.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    pub postgres: PostgresConnection,
+    pub publication: Publication,
+    pub slot: Slot,
+    /// What to capture and how rows become order-line events.
+    #[serde(default)]
+    pub capture: Capture,
+    pub kafka: KafkaConnection,
+    /// Target topic of the order-line events.
+    #[serde(default = "default_topic")]
+    #[schemars(length(min = 1, max = 249))]
+    pub topic: String,
+    /// `initial` reads the existing rows before streaming; `never` streams changes only.
+    #[serde(default)]
+    pub snapshot_mode: SnapshotMode,
+    /// Confirm progress to PostgreSQL at least this often when idle, so WAL is released even
+    /// when the captured tables do not change, e.g. `30s`.
+    #[serde(default = "default_heartbeat")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub heartbeat_interval: String,
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("quantity(self.warnRetainedWal).isLessThan(quantity(self.dropRetainedWal))").message("guard.warnRetainedWal must be less than guard.dropRetainedWal"))]
+    pub guard: SlotGuard,
+}
+
+fn default_topic() -> String {
+    "order-events".into()
+}
+
+fn default_heartbeat() -> String {
+    "30s".into()
+}
+
+/// Where the database is. Credentials come only from a Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresConnection {
+    #[schemars(length(min = 1))]
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+    /// A Secret with keys `username` and `password`. The role needs `LOGIN REPLICATION`.
+    pub credentials_secret_ref: LocalObjectRef,
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+}
+
+fn default_port() -> i32 {
+    5432
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The publication the slot streams.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Publication {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Tables to publish (`schema.table`); used when kartflow creates the publication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Create the publication if it does not exist (and drop it with the slot on delete).
+    #[serde(default = "yes")]
+    pub create: bool,
+}
+
+/// The logical replication slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    /// Slot name: lowercase letters, digits and underscores, at most 63 characters (what
+    /// PostgreSQL accepts). Immutable: a renamed slot would orphan the old one.
+    #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("slot.name is immutable: create a new CdcSource to use another slot"))]
+    pub name: String,
+    /// Create the slot if it does not exist.
+    #[serde(default = "yes")]
+    pub create: bool,
+    /// Drop the slot when the CdcSource is deleted. Default true: an abandoned slot retains WAL
+    /// forever and is the main cause of full database disks.
+    #[serde(default = "yes")]
+    pub drop_on_delete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How captured rows become events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Capture {
+    /// `table`: map rows of `table` to order lines via `columns`; `outbox`: route outbox rows by
+    /// aggregate type, keyed by aggregate id.
+    pub mode: CaptureMode,
+    /// The order-lines table (`schema.table`) in `table` mode.
+    pub table: String,
+    /// Column names for the order-line fields in `table` mode.
+    pub columns: OrderLineColumns,
+    /// The outbox table in `outbox` mode.
+    pub outbox_table: String,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self {
+            mode: CaptureMode::Table,
+            table: "public.order_items".into(),
+            columns: OrderLineColumns::default(),
+            outbox_table: "public.outbox".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureMode {
+    #[default]
+    Table,
+    Outbox,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OrderLineColumns {
+    pub order_id: String,
+    pub product_id: String,
+    pub quantity: String,
+}
+
+impl Default for OrderLineColumns {
+    fn default() -> Self {
+        Self {
+            order_id: "order_id".into(),
+            product_id: "product_id".into(),
+            quantity: "quantity".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+}
+
+/// The replication-slot guard: measures retained WAL every interval, warns past `warnRetainedWal`
+/// and, with action `drop`, drops the slot past `dropRetainedWal` (or when PostgreSQL reports
+/// its WAL `lost`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SlotGuard {
+    /// How often to check, e.g. `30s`.
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub check_interval: String,
+    /// Retained WAL above which a Warning is raised, e.g. `1Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub warn_retained_wal: String,
+    /// Retained WAL above which the slot is dropped (action `drop`), e.g. `2Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub drop_retained_wal: String,
+    /// Also act when the slot has had no reader for this long, e.g. `24h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub max_inactive: Option<String>,
+    pub action: GuardAction,
+    /// Also guard slots kartflow did not create (off: unowned slots are never touched).
+    pub guard_unowned: bool,
+}
+
+impl Default for SlotGuard {
+    fn default() -> Self {
+        Self {
+            check_interval: "30s".into(),
+            warn_retained_wal: "1Gi".into(),
+            drop_retained_wal: "2Gi".into(),
+            max_inactive: None,
+            action: GuardAction::Drop,
+            guard_unowned: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuardAction {
+    /// Warn only.
+    Alert,
+    /// Terminate the reader if any and drop the slot.
+    #[default]
+    Drop,
+}
+
+/// Observed state of a CDC source.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CdcSourceStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotFacts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drop: Option<SlotDrop>,
+}
+
+/// What the guard last read from `pg_replication_slots`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotFacts {
+    pub exists: bool,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_status: Option<String>,
+    /// Retained WAL in bytes (`pg_current_wal_lsn() - restart_lsn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_bytes: Option<i64>,
+    /// The same, human-readable (`1.5Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_wal_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_flush_lsn: Option<String>,
+    /// RFC 3339 time of the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+}
+
+/// The guard's last drop.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotDrop {
+    pub at: String,
+    pub retained_bytes: i64,
+    pub reason: String,
+}
