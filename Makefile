@@ -9,7 +9,7 @@ CARGO ?= cargo
 STACK ?= local
 
 .PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo bench-inventory \
-	cluster-build cluster-up cluster-down cluster-env cluster-smoke crds crds-check
+	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
 BENCH_PRODUCTS ?= 100000
@@ -48,9 +48,13 @@ crds-check: ## Fail if crds/ differs from what the Rust types generate
 	  diff -ru crds "$$tmp" || { echo "crds/ is out of date with operator/src/crd: run 'make crds' and commit the result" >&2; exit 1; }
 
 test: toolchain fmt-check lint crds-check ## Everything: format, lint, unit, integration and end-to-end tests
+	# The process node maps kartflow images to target/debug binaries: build them first.
+	$(CARGO) build --workspace --locked
 ifeq ($(STACK),local)
 	hack/dev.sh up
 	hack/cluster/up.sh
+	hack/cluster/smoke.sh
+	hack/cluster/e2e.sh
 endif
 	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
 
@@ -66,17 +70,20 @@ dev-status: ## Show whether the local data stack runs
 cluster-build: ## Build the local Kubernetes control plane, etcd and helm from Go modules (cached)
 	hack/cluster/build.sh
 
-cluster-up: ## Start the local Kubernetes control plane (builds it on first use)
+cluster-up: ## Start the local Kubernetes cluster: control plane and process node (builds on first use; root)
 	hack/cluster/up.sh
 
-cluster-down: ## Stop the local Kubernetes control plane
+cluster-down: ## Stop the local Kubernetes cluster and every pod process
 	hack/cluster/down.sh
 
-cluster-env: ## Print KUBECONFIG and PATH for the local cluster: eval "$$(make -s cluster-env)"
+cluster-env: ## Print KUBECONFIG and PATH for the local cluster: eval "$(make -s cluster-env)"
 	@hack/cluster/env.sh
 
 cluster-smoke: ## Check a running local cluster (version, RBAC, controllers, helm)
 	hack/cluster/smoke.sh
+
+cluster-e2e: ## End-to-end checks of the process node (pods as processes, probes, volumes, RBAC, helm)
+	hack/cluster/e2e.sh
 
 bench-inventory: ## Inventory worker vs raw transactional passthrough (results in target/bench/)
 	hack/dev.sh up >/dev/null

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Stops the control plane started by up.sh: only the processes named by the pid files in
-# $KARTFLOW_DEV_DIR/cluster/run (and only while that pid still runs the binary that was started,
-# per NAME.exe or else a binary called NAME), never anything found by name. SIGTERM, then SIGKILL after
-# a grace period. Keeps the state (etcd data, certificates) for a warm start unless --purge.
+# Stops the cluster started by up.sh (the node agent, which stops its pods, then the control
+# plane): only the processes named by the pid files in $KARTFLOW_DEV_DIR/cluster/run (and only
+# while that pid still runs the binary that was started, per NAME.exe or else a binary called
+# NAME), never anything found by name. SIGTERM, then SIGKILL after a grace period. Then pod
+# processes a hard-killed agent left behind (marked in their environment) and pod addresses on lo.
+# Keeps the state (etcd data, certificates) for a warm start unless --purge.
 #
 # Usage: hack/cluster/down.sh [--purge]
 #   --purge  also delete ${KARTFLOW_DEV_DIR:-/tmp/kartflow-dev}/cluster (etcd data, PKI, logs).
@@ -83,6 +85,28 @@ if [[ -d "$RUN" ]]; then
   done
 else
   log "nothing to stop: ${RUN} does not exist"
+fi
+
+# The node agent stops its pods when it exits. Should it have died hard, its pod processes are
+# found by the variable it puts in every pod process's environment (never by name) and killed,
+# and the pod addresses it put on lo are removed.
+orphans=0
+for envf in /proc/[0-9]*/environ; do
+  pid="${envf#/proc/}"
+  pid="${pid%/environ}"
+  [[ "$pid" != "$$" ]] || continue
+  if { tr '\0' '\n' <"$envf"; } 2>/dev/null | grep -q "^KARTFLOW_NODEAGENT_POD=${CLUSTER_NODE_NAME}/"; then
+    kill -KILL "$pid" 2>/dev/null && orphans=$((orphans + 1))
+  fi
+done
+((orphans == 0)) || log "killed ${orphans} pod process(es) left behind by the node agent"
+if command -v ip >/dev/null && [[ "$CLUSTER_POD_CIDR" =~ ^([0-9]+\.[0-9]+\.[0-9]+\.)0/ ]]; then
+  prefix="${BASH_REMATCH[1]}"
+  for a in $(ip -o -4 addr show dev lo | awk '{print $4}'); do
+    if [[ "$a" == "${prefix}"*/32 ]]; then
+      ip addr del "$a" dev lo 2>/dev/null && log "removed pod address ${a} from lo"
+    fi
+  done
 fi
 
 if ((purge)); then

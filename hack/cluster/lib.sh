@@ -74,3 +74,13 @@ require_cmd() {
     command -v "$c" >/dev/null 2>&1 || die "'${c}' is not installed; install it (e.g. apt-get install ${c}) and retry"
   done
 }
+
+# The process node agent (hack/cluster/nodeagent) has its own cache entry, keyed by its sources,
+# so editing it rebuilds only the agent.
+init_nodeagent_dir() {
+  local src="${CLUSTER_HACK_DIR}/nodeagent" key
+  [[ -r "${src}/go.mod" && -r "${src}/go.sum" ]] || die "missing ${src}/go.mod or go.sum"
+  key="$(cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort |
+    xargs sha256sum | sha256sum | cut -c1-16)"
+  NODEAGENT_BIN_DIR="${NODEAGENT_BIN_DIR:-${CLUSTER_CACHE_ROOT}/nodeagent/${key}}"
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of a running control plane (hack/cluster/up.sh), no node needed:
+# Smoke test of a running control plane (hack/cluster/up.sh); pods that run: hack/cluster/e2e.sh.
 #   - kubectl version reports the pinned server version
-#   - a Deployment gets a ReplicaSet and Pods, which stay Pending/Unschedulable (no node yet),
+#   - a Deployment gets a ReplicaSet and Pods, which stay Pending/Unschedulable (node selector),
 #     and garbage collection removes them when the Deployment is deleted
 #   - RBAC is real: kubectl auth can-i, and a ServiceAccount token (TokenRequest API) may get
 #     ConfigMaps but is refused Secrets
@@ -51,7 +51,11 @@ kubectl create namespace "$ns" >/dev/null
 wait_for 30 "ServiceAccount ${ns}/default" kubectl -n "$ns" get serviceaccount default
 
 # 2. Deployment -> ReplicaSet -> Pods (Pending, Unschedulable: no node); GC on delete
-kubectl -n "$ns" create deployment web --image=registry.k8s.io/pause:3.10 --replicas=2 >/dev/null
+# The node selector matches no node (not even the process node), so the pods stay Unschedulable:
+# this checks the scheduler and garbage collection; hack/cluster/e2e.sh checks pods that run.
+kubectl -n "$ns" create deployment web --image=registry.k8s.io/pause:3.10 --replicas=2 --dry-run=client -o json |
+  sed 's|"containers":|"nodeSelector": {"kartflow.dev/no-such-node": "true"}, "containers":|' |
+  kubectl -n "$ns" apply -f - >/dev/null
 pending_unschedulable() {
   local out
   out="$(kubectl -n "$ns" get pods -l app=web -o jsonpath='{range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="PodScheduled")].reason}{"\n"}{end}')"
@@ -60,7 +64,7 @@ pending_unschedulable() {
 wait_for 60 "2 Pending pods marked Unschedulable by kube-scheduler" pending_unschedulable
 rs="$(kubectl -n "$ns" get rs -l app=web -o jsonpath='{.items[*].metadata.name}')"
 [[ -n "$rs" ]] || fail "no ReplicaSet for deployment web"
-ok "deployment web -> replicaset ${rs} -> 2 pods Pending/Unschedulable (no node yet)"
+ok "deployment web -> replicaset ${rs} -> 2 pods Pending/Unschedulable (node selector matches no node)"
 kubectl -n "$ns" delete deployment web --wait=false >/dev/null
 gone() { [[ -z "$(kubectl -n "$ns" get rs,pods -l app=web -o name)" ]]; }
 wait_for 60 "garbage collection of the ReplicaSet and Pods" gone

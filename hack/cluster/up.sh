@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the local test cluster's control plane: etcd, kube-apiserver, kube-controller-manager and
-# kube-scheduler, built from Go modules by build.sh (run automatically; a no-op when cached).
+# Starts the local test cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# the process node agent (hack/cluster/nodeagent), built by build.sh / build-nodeagent.sh (run
+# automatically; no-ops when cached).
 # Everything listens on loopback only. State (etcd data, certificates, kubeconfigs, logs, pid files)
 # lives in ${KARTFLOW_DEV_DIR:-/tmp/kartflow-dev}/cluster and survives down.sh, so the next up.sh
 # is a warm start; `down.sh --purge` deletes it.
@@ -13,11 +14,18 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ $# -eq 0 ]] || die "up.sh takes no arguments (settings come from hack/cluster/cluster.env or the environment)"
-require_cmd openssl curl setsid base64
+require_cmd openssl curl setsid base64 ip
 t_start=$SECONDS
+# The node agent needs root: pod addresses go on `lo`, each container gets a mount namespace.
+[[ "$(id -u)" == 0 ]] || die "the cluster's node agent must run as root (pod IPs on lo, bind mounts); run up.sh as root"
+[[ "$CLUSTER_POD_CIDR" =~ ^([0-9]+\.[0-9]+\.[0-9]+\.)0/(1[0-9]|2[0-4])$ ]] ||
+  die "CLUSTER_POD_CIDR=${CLUSTER_POD_CIDR} must be an a.b.c.0/N network with N in 10..24 (pods use a.b.c.2-254)"
+pod_prefix="${BASH_REMATCH[1]}"
 
 "${CLUSTER_HACK_DIR}/build.sh" >/dev/null || die "building the cluster binaries failed (see above)"
+"${CLUSTER_HACK_DIR}/build-nodeagent.sh" >/dev/null || die "building the node agent failed (see above)"
 init_bin_dir
+init_nodeagent_dir
 cluster_bins_present || die "build.sh succeeded but ${CLUSTER_BIN_DIR} is incomplete"
 BIN="$CLUSTER_BIN_DIR"
 
@@ -131,16 +139,21 @@ EOF
 # ------------------------------------------------------------------------------------------------
 # Processes: one pid file per component; a pid only counts as ours if /proc/PID/exe is our binary.
 # ------------------------------------------------------------------------------------------------
-# running NAME: true if NAME's pid file names a live process running ${BIN}/NAME.
+# bin_of NAME: the binary of component NAME (the node agent has its own cache entry).
+bin_of() {
+  if [[ "$1" == nodeagent ]]; then echo "${NODEAGENT_BIN_DIR}/nodeagent"; else echo "${BIN}/$1"; fi
+}
+
+# running NAME: true if NAME's pid file names a live process running $(bin_of NAME).
 running() {
   local name="$1" pid exe
   [[ -s "${RUN}/${name}.pid" ]] || return 1
   pid="$(<"${RUN}/${name}.pid")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   exe="$(readlink "/proc/${pid}/exe" 2>/dev/null)" || return 1
-  if [[ "$exe" != "${BIN}/${name}" ]]; then
+  if [[ "$exe" != "$(bin_of "$name")" ]]; then
     if [[ "$exe" == */"${name}" || "$exe" == */"${name} (deleted)" ]]; then
-      die "${name} (pid ${pid}) is running from ${exe}, not from ${BIN} (the pins changed?); run hack/cluster/down.sh, then up.sh again"
+      die "${name} (pid ${pid}) is running from ${exe}, not $(bin_of "$name") (the pins or the agent's sources changed?); run hack/cluster/down.sh, then up.sh again"
     fi
     return 1 # stale pid file, the pid now belongs to something else
   fi
@@ -165,11 +178,11 @@ start() {
   fi
   log "starting ${name} (log ${LOGS}/${name}.log)"
   {
-    echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting: ${BIN}/${name} $*"
+    echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting: $(bin_of "$name") $*"
   } >>"${LOGS}/${name}.log"
-  setsid "${BIN}/${name}" "$@" </dev/null >>"${LOGS}/${name}.log" 2>&1 &
+  setsid "$(bin_of "$name")" "$@" </dev/null >>"${LOGS}/${name}.log" 2>&1 &
   pid=$!
-  echo "${BIN}/${name}" >"${RUN}/${name}.exe"
+  bin_of "$name" >"${RUN}/${name}.exe"
   printf '%s\n' "$@" >"${RUN}/${name}.args"
   echo "$pid" >"${RUN}/${name}.pid"
 }
@@ -298,6 +311,33 @@ wait_until kube-scheduler "kube-scheduler /healthz" \
 wait_until kube-controller-manager "the default ServiceAccount (created by kube-controller-manager)" \
   admin_curl "${APISERVER}/api/v1/namespaces/default/serviceaccounts/default"
 
+# ------------------------------------------------------------------------------------------------
+# The process node: registers Node ${CLUSTER_NODE_NAME} and runs the pods bound to it as processes.
+# ------------------------------------------------------------------------------------------------
+repo_dir="$(cd "${CLUSTER_HACK_DIR}/../.." && pwd)"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="${repo_dir}/${target_dir}"
+start nodeagent "$CLUSTER_KUBELET_PORT" run \
+  --node-name="${CLUSTER_NODE_NAME}" \
+  --kubeconfig="${S}/admin.kubeconfig" \
+  --state-dir="${S}/nodeagent" \
+  --images="${CLUSTER_HACK_DIR}/images.yaml" \
+  --repo="$repo_dir" \
+  --cargo-target-dir="$target_dir" \
+  --node-ip=127.0.0.1 \
+  --kubelet-port="${CLUSTER_KUBELET_PORT}" \
+  --pod-subnet="${pod_prefix}" \
+  --apiserver-host=127.0.0.1 \
+  --apiserver-port="${CLUSTER_APISERVER_PORT}" \
+  --ca-cert="${PKI}/ca.crt" \
+  --ca-key="${PKI}/ca.key" \
+  --kubelet-version="${KUBERNETES_VERSION}"
+node_ready() {
+  "${BIN}/kubectl" --kubeconfig="${S}/admin.kubeconfig" get node "${CLUSTER_NODE_NAME}" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
+}
+wait_until nodeagent "Node ${CLUSTER_NODE_NAME} to be Ready" node_ready
+
 # Plain KEY=VALUE facts about the running cluster, for scripts and the Rust test kit.
 cat >"${S}/env.tmp" <<EOF
 KUBECONFIG=${S}/admin.kubeconfig
@@ -306,9 +346,11 @@ CLUSTER_APISERVER=${APISERVER}
 CLUSTER_CA_FILE=${PKI}/ca.crt
 CLUSTER_CA_KEY_FILE=${PKI}/ca.key
 CLUSTER_KUBERNETES_VERSION=${KUBERNETES_VERSION}
+CLUSTER_NODE_NAME=${CLUSTER_NODE_NAME}
+NODEAGENT_BIN_DIR=${NODEAGENT_BIN_DIR}
 EOF
 mv "${S}/env.tmp" "${S}/env"
 
-log "control plane ready in $((SECONDS - t_start)) s: ${APISERVER} (Kubernetes ${KUBERNETES_VERSION})"
+log "control plane and node ${CLUSTER_NODE_NAME} ready in $((SECONDS - t_start)) s: ${APISERVER} (Kubernetes ${KUBERNETES_VERSION})"
 log "use it with: eval \"\$(hack/cluster/env.sh)\"   or   KUBECONFIG=${S}/admin.kubeconfig"
 echo "${S}/admin.kubeconfig"
