@@ -42,15 +42,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.
-wait_for() {
-  local limit="$1" what="$2" deadline=$((SECONDS + $1))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "timed out after ${limit} s waiting for ${what}"
-    sleep 0.5
-  done
-}
 jp() { kubectl -n "$ns" get "$1" -o "jsonpath=$2"; }
 # procs_of UID...: number of live processes of those pods (the agent marks each pod process).
 procs_of() {

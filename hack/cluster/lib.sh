@@ -84,3 +84,14 @@ init_nodeagent_dir() {
     xargs sha256sum | sha256sum | cut -c1-16)"
   NODEAGENT_BIN_DIR="${NODEAGENT_BIN_DIR:-${CLUSTER_CACHE_ROOT}/nodeagent/${key}}"
 }
+
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds; on timeout calls the sourcing
+# script's `fail` (smoke.sh, e2e.sh) so the failure carries that script's context.
+wait_for() {
+  local limit="$1" what="$2" deadline=$((SECONDS + $1))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "timed out after ${limit} s waiting for ${what}"
+    sleep 0.5
+  done
+}

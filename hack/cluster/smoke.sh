@@ -28,15 +28,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.
-wait_for() {
-  local limit="$1" what="$2" deadline=$((SECONDS + $1))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "timed out after ${limit} s waiting for ${what}"
-    sleep 0.5
-  done
-}
 
 # 1. versions
 server="$(kubectl version -o json | sed -n '/"serverVersion"/,/}/s/.*"gitVersion": *"\([^"]*\)".*/\1/p')"
