@@ -6,6 +6,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod http;
 pub mod stack;
 
 pub use stack::{Settings, kafka_bootstrap, postgres, settings, unique_name};

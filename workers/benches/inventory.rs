@@ -11,8 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -199,15 +197,10 @@ fn passthrough(bootstrap: &str, input: &str, output: &str, expected: usize, run:
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let (head, rest) = body.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| rest.to_owned())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| rest.to_owned()))
+    match kartflow_testkit::http::request(port, "GET", path, None) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 fn metric(text: &str, name: &str, label: &str) -> f64 {

@@ -1,6 +1,7 @@
 //! `CdcSource`: a PostgreSQL logical replication slot streamed into Kafka, and the slot guard
 //! that keeps a forgotten slot from filling the database's disk.
 
+use kartflow_wire::topics;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ pub struct CdcSourceSpec {
 }
 
 fn default_topic() -> String {
-    "order-events".into()
+    topics::ORDER_EVENTS.into()
 }
 
 fn default_heartbeat() -> String {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kartflow_wire::topics;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -118,13 +119,13 @@ pub struct PipelineTopics {
 impl Default for PipelineTopics {
     fn default() -> Self {
         Self {
-            product_updates: "product-updates".into(),
-            order_events: "order-events".into(),
-            products: "products".into(),
-            inventory_events: "inventory-events".into(),
-            inventory_alerts: "inventory-alerts".into(),
-            websocket_fanout: "websocket-fanout".into(),
-            dlq: "inventory-dlq".into(),
+            product_updates: topics::PRODUCT_UPDATES.into(),
+            order_events: topics::ORDER_EVENTS.into(),
+            products: topics::PRODUCTS.into(),
+            inventory_events: topics::INVENTORY_EVENTS.into(),
+            inventory_alerts: topics::INVENTORY_ALERTS.into(),
+            websocket_fanout: topics::WEBSOCKET_FANOUT.into(),
+            dlq: topics::INVENTORY_DLQ.into(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! REST and WebSocket, scaled by CPU.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use kartflow_wire::topics;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -100,8 +101,8 @@ pub struct ReadModelTopics {
 impl Default for ReadModelTopics {
     fn default() -> Self {
         Self {
-            products: "products".into(),
-            inventory_events: "inventory-events".into(),
+            products: topics::PRODUCTS.into(),
+            inventory_events: topics::INVENTORY_EVENTS.into(),
         }
     }
 }

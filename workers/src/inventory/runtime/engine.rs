@@ -274,7 +274,7 @@ impl Core {
         Ok(())
     }
 
-    /// Enqueues a record, waiting while the producer queue is full.
+    /// Enqueues a record and counts it.
     fn send(
         &self,
         topic: &str,
@@ -283,26 +283,7 @@ impl Core {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), EngineError> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send_raw(&self.producer, topic, partition, key, payload, headers)?;
         self.metrics.records_out.with_label_values(&[topic]).inc();
         Ok(())
     }
@@ -531,9 +512,10 @@ impl Core {
                 send_raw(
                     &self.producer,
                     &self.changelog_topic,
-                    *p,
+                    Some(*p),
                     key.as_bytes(),
                     value.as_deref(),
+                    None,
                 )?;
             }
             if std::mem::take(&mut slot.meta_dirty) {
@@ -541,9 +523,10 @@ impl Core {
                 send_raw(
                     &self.producer,
                     &self.changelog_topic,
-                    *p,
+                    Some(*p),
                     META_KEY,
                     Some(&meta),
+                    None,
                 )?;
                 for (topic, next) in &slot.meta.offsets {
                     offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
@@ -841,18 +824,24 @@ impl Core {
     }
 }
 
+/// Enqueues a record, waiting while the producer queue is full.
 fn send_raw(
     producer: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
-    partition: i32,
+    partition: Option<i32>,
     key: &[u8],
     payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
 ) -> Result<(), EngineError> {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-        .key(key)
-        .partition(partition);
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
     if let Some(p) = payload {
         record = record.payload(p);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
     }
     loop {
         match producer.send(record) {

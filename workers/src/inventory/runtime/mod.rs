@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::BaseConsumer;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -52,10 +51,7 @@ fn load_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
         detail,
     };
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let hash: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = savepoint::sha256_hex(&bytes);
     let records = decode_bootstrap_file(&bytes).map_err(|e| bad(e.to_string()))?;
     let rejected = records.iter().filter(|r| r.is_err()).count();
     info!(path = %path.display(), records = records.len(), rejected, %hash, "bootstrap file read");

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kartflow_wire::topics;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -51,13 +52,13 @@ pub struct Topics {
 impl Default for Topics {
     fn default() -> Self {
         Self {
-            product_updates: "product-updates".into(),
-            order_events: "order-events".into(),
-            products: "products".into(),
-            inventory_events: "inventory-events".into(),
-            inventory_alerts: "inventory-alerts".into(),
-            websocket_fanout: "websocket-fanout".into(),
-            dlq: "inventory-dlq".into(),
+            product_updates: topics::PRODUCT_UPDATES.into(),
+            order_events: topics::ORDER_EVENTS.into(),
+            products: topics::PRODUCTS.into(),
+            inventory_events: topics::INVENTORY_EVENTS.into(),
+            inventory_alerts: topics::INVENTORY_ALERTS.into(),
+            websocket_fanout: topics::WEBSOCKET_FANOUT.into(),
+            dlq: topics::INVENTORY_DLQ.into(),
             changelog: String::new(),
         }
     }
