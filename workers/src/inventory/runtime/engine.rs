@@ -217,7 +217,11 @@ impl ConsumerContext for Ctx {
             check_copartitioned(tpl, &core.settings);
             info!(partitions = ?partitions_of(tpl), "partitions assigned");
         }
-        core.seek_restored(consumer);
+        if let Err(e) = core.seek_restored(consumer) {
+            // The start offsets are already in the assignment and `on_record` skips applied
+            // offsets, so a failed seek here only costs re-reading.
+            warn!(error = %e, "seek after assignment failed");
+        }
         core.publish_status();
     }
 }
@@ -687,40 +691,28 @@ impl Core {
     }
 
     /// Points the consumer at the offsets the restored state corresponds to.
-    fn seek_restored<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    fn seek_restored<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), KafkaError> {
         let pending: Vec<i32> = std::mem::take(&mut self.to_seek).into_iter().collect();
-        if pending.is_empty() {
-            return;
-        }
         let mut tpl = TopicPartitionList::new();
         for p in &pending {
             let Some(slot) = self.slots.get(p) else {
                 continue;
             };
             for (topic, next) in &slot.meta.offsets {
-                if tpl
-                    .add_partition_offset(topic, *p, Offset::Offset(*next))
-                    .is_err()
-                {
-                    warn!(topic, partition = p, "cannot build seek request");
-                }
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
         }
         if tpl.count() == 0 {
-            return;
+            return Ok(());
         }
-        match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-            Ok(result) => {
-                for e in result.elements() {
-                    if let Err(err) = e.error() {
-                        // The dedup-by-offset guard in `on_record` still skips applied records;
-                        // a seek that cannot happen only costs re-reading.
-                        warn!(topic = e.topic(), partition = e.partition(), error = %err, "seek failed");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "seek failed"),
+        let result = consumer.seek_partitions(tpl, Duration::from_secs(10))?;
+        for e in result.elements() {
+            e.error()?;
         }
+        Ok(())
     }
 
     /// Drops all state and restores every owned partition: used after an aborted transaction.
@@ -757,7 +749,9 @@ impl Core {
             }
             consumer.seek_partitions(seek, Duration::from_secs(10))?;
         }
-        self.seek_restored(consumer);
+        // Going back is the point of a rewind: if the seek fails the records of the aborted
+        // transaction would be skipped, so the process exits and restarts from the commit.
+        self.seek_restored(consumer)?;
         Ok(())
     }
 
@@ -935,13 +929,19 @@ pub fn run(
         if let Some(e) = core.fatal.take() {
             return Err(e);
         }
-        if core.needs_rewind {
+        let rewound = core.needs_rewind;
+        if rewound {
             core.rewind(&consumer)?;
         }
-        core.seek_restored(&consumer);
+        if let Err(e) = core.seek_restored(&consumer) {
+            warn!(error = %e, "seek to the restored offsets failed");
+        }
         core.apply_bootstrap()?;
         match msg {
             None => {}
+            // Fetched before the rewind: the seek back reads it again, in order. Applying it now
+            // would skip everything between the restored offset and this one.
+            Some(Ok(_)) if rewound => {}
             Some(Ok(m)) => {
                 core.on_record(
                     m.topic(),
