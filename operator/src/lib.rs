@@ -1,5 +1,7 @@
-//! kartflow's operator: custom resource types and (next) their controllers.
+//! kartflow's operator: custom resource types, the pure builders of their children, the
+//! replication-slot guard and the controllers that tie them to the cluster.
 
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod units;
