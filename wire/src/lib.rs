@@ -1,10 +1,13 @@
 //! Types that cross a process boundary in kartflow: the JSON event shapes on Kafka topics and
 //! the reference topic names.
 //!
-//! Both the operator and the workers depend on this crate; it holds no behaviour, only shapes,
-//! so the operator never depends on worker internals.
+//! Both the operator and the workers depend on this crate; it holds shapes, not behaviour, so
+//! the operator never depends on worker internals. The one exception is the `telemetry` feature:
+//! both binaries log the same way, configured in one place.
 
 pub mod events;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod topics;
 
 pub use events::{Alert, AlertType, EventType, InventoryEvent, OrderLine, Product, Severity};

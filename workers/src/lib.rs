@@ -4,4 +4,3 @@
 
 pub mod inventory;
 pub mod kafka;
-pub mod telemetry;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kartflow_worker::{inventory, telemetry};
+use kartflow_wire::telemetry;
+use kartflow_worker::inventory;
 
 #[derive(Debug, Parser)]
 #[command(name = "kartflow-worker", version, about)]

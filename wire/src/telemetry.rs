@@ -1,4 +1,4 @@
-//! Logging: JSON lines by default (what log collectors parse), plain text for people at a
+//! Logging of both binaries: JSON lines by default (what log collectors parse), plain text for people at a
 //! terminal. The level comes from `KARTFLOW_LOG` (an `EnvFilter` directive, default `info`).
 
 use std::io::IsTerminal;
