@@ -1,0 +1,384 @@
+//! Children of a `CdcSource`: the CDC worker config, its single-replica Deployment and the admin
+//! Service.
+//!
+//! The `kartflow-worker cdc --config FILE` role does not exist yet; this module defines its
+//! contract. The config file (JSON, camelCase):
+//!
+//! ```json
+//! {
+//!   "source": "<namespace>.<name>",
+//!   "postgres": {"host": "pg", "port": 5432, "database": "shop", "sslMode": "prefer"},
+//!   "publication": {"name": "kartflow_orders", "tables": ["public.order_items"], "create": true},
+//!   "slot": {"name": "kartflow_orders", "create": true},
+//!   "capture": {
+//!     "mode": "table",
+//!     "table": "public.order_items",
+//!     "columns": {"orderId": "order_id", "productId": "product_id", "quantity": "quantity"},
+//!     "outboxTable": "public.outbox"
+//!   },
+//!   "topic": "order-events",
+//!   "snapshotMode": "initial",
+//!   "heartbeatInterval": 30000,
+//!   "kafka": {"bootstrapServers": "kafka:9092", "propertiesFile": "/etc/kartflow/kafka/client.properties"},
+//!   "adminListen": "0.0.0.0:8080"
+//! }
+//! ```
+//!
+//! - `sslMode`: `disable | prefer | require | verify-ca | verify-full`; `mode`: `table | outbox`;
+//!   `snapshotMode`: `initial | never`; `heartbeatInterval` in milliseconds (like the inventory
+//!   worker's durations); `tables` omitted when empty, `propertiesFile` when there is no Secret.
+//! - No credentials in the file: the role reads `PGUSER` / `PGPASSWORD` (libpq's names) from the
+//!   env, which the Deployment fills from the Secret's `username` / `password` keys.
+//! - Env as every worker: `POD_NAME` (instance id), `KARTFLOW_ADMIN_LISTEN` (overrides
+//!   `adminListen`), `KARTFLOW_LOG_FORMAT`, `KARTFLOW_CONFIG`.
+//! - The slot guard and `dropOnDelete` belong to the operator, not the worker.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use serde::Serialize;
+
+use super::labels::{recommended_labels, selector_labels};
+use super::pod::{self, WorkerPod};
+use super::{
+    BuildError, Component, Owner, WorkerKafka, cluster_ip_service, config_map, deployment,
+    duration_ms, recreate, render_json, require_non_empty, spec_hash,
+};
+use crate::crd::CdcSource;
+use crate::crd::cdc_source::{CaptureMode, SnapshotMode, SslMode};
+
+/// What a `CdcSource` reconciles into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CdcChildren {
+    /// `<name>-cdc-config`, key `config.json`.
+    pub config_map: ConfigMap,
+    /// `<name>-cdc`, one replica.
+    pub deployment: Deployment,
+    /// `<name>-cdc`, the admin/metrics port.
+    pub service: Service,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CdcWorkerConfig {
+    source: String,
+    postgres: Postgres,
+    publication: Publication,
+    slot: Slot,
+    capture: Capture,
+    topic: String,
+    snapshot_mode: SnapshotMode,
+    heartbeat_interval: u64,
+    kafka: WorkerKafka,
+    admin_listen: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Postgres {
+    host: String,
+    port: u16,
+    database: String,
+    ssl_mode: SslMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Publication {
+    name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tables: Vec<String>,
+    create: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Slot {
+    name: String,
+    create: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Capture {
+    mode: CaptureMode,
+    table: String,
+    columns: Columns,
+    outbox_table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Columns {
+    order_id: String,
+    product_id: String,
+    quantity: String,
+}
+
+pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
+    let owner = Owner::of(cdc)?;
+    let spec = &cdc.spec;
+    require_non_empty("spec.image", &spec.image)?;
+    let deployment_name = owner.child_name("-cdc")?;
+    let config_map_name = format!("{deployment_name}-config");
+
+    let pg = &spec.postgres;
+    require_non_empty("spec.postgres.host", &pg.host)?;
+    let port = u16::try_from(pg.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| BuildError::invalid("spec.postgres.port", "must be between 1 and 65535"))?;
+    require_non_empty("spec.postgres.database", &pg.database)?;
+    let credentials = &pg.credentials_secret_ref.name;
+    require_non_empty("spec.postgres.credentialsSecretRef.name", credentials)?;
+    require_non_empty("spec.publication.name", &spec.publication.name)?;
+    let slot_ok = (1..=63).contains(&spec.slot.name.len())
+        && spec
+            .slot
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !slot_ok {
+        return Err(BuildError::invalid(
+            "spec.slot.name",
+            "must be 1 to 63 lowercase letters, digits and underscores",
+        ));
+    }
+    let cap = &spec.capture;
+    match cap.mode {
+        CaptureMode::Table => {
+            require_non_empty("spec.capture.table", &cap.table)?;
+            require_non_empty("spec.capture.columns.orderId", &cap.columns.order_id)?;
+            require_non_empty("spec.capture.columns.productId", &cap.columns.product_id)?;
+            require_non_empty("spec.capture.columns.quantity", &cap.columns.quantity)?;
+        }
+        CaptureMode::Outbox => require_non_empty("spec.capture.outboxTable", &cap.outbox_table)?,
+    }
+    require_non_empty("spec.topic", &spec.topic)?;
+
+    let config = CdcWorkerConfig {
+        source: owner.worker_identity(),
+        postgres: Postgres {
+            host: pg.host.clone(),
+            port,
+            database: pg.database.clone(),
+            ssl_mode: pg.ssl_mode,
+        },
+        publication: Publication {
+            name: spec.publication.name.clone(),
+            tables: spec.publication.tables.clone(),
+            create: spec.publication.create,
+        },
+        slot: Slot {
+            name: spec.slot.name.clone(),
+            create: spec.slot.create,
+        },
+        capture: Capture {
+            mode: cap.mode,
+            table: cap.table.clone(),
+            columns: Columns {
+                order_id: cap.columns.order_id.clone(),
+                product_id: cap.columns.product_id.clone(),
+                quantity: cap.columns.quantity.clone(),
+            },
+            outbox_table: cap.outbox_table.clone(),
+        },
+        topic: spec.topic.clone(),
+        snapshot_mode: spec.snapshot_mode,
+        heartbeat_interval: duration_ms("spec.heartbeatInterval", &spec.heartbeat_interval)?,
+        kafka: WorkerKafka::from_connection("spec.kafka", &spec.kafka)?,
+        admin_listen: pod::ADMIN_LISTEN_DEFAULT,
+    };
+    let config_json = render_json(&config)?;
+    let hash = spec_hash(&config_json, &spec.image, None);
+
+    let labels = recommended_labels(&owner.name, Component::Cdc, &spec.image);
+    let selector = selector_labels(&owner.name, Component::Cdc);
+    let mut mounts = vec![pod::config_mount(&config_map_name)];
+    mounts.extend(pod::kafka_secret_mount(&spec.kafka));
+    let template = WorkerPod {
+        labels: labels.clone(),
+        spec_hash: hash,
+        image: spec.image.clone(),
+        args: pod::worker_args("cdc"),
+        env: vec![
+            pod::env_secret("PGUSER", credentials, "username"),
+            pod::env_secret("PGPASSWORD", credentials, "password"),
+        ],
+        mounts,
+        // Time to flush the producer and confirm the last LSN to PostgreSQL.
+        termination_grace_period_seconds: 60,
+        ..WorkerPod::default()
+    }
+    .into_template();
+
+    Ok(CdcChildren {
+        config_map: config_map(&owner, config_map_name, labels.clone(), config_json),
+        // One replica with Recreate: a slot has at most one active reader, so a surge pod would
+        // fail ("replication slot is active") or, worse, race the old one for the stream.
+        deployment: deployment(
+            &owner,
+            deployment_name.clone(),
+            labels.clone(),
+            selector.clone(),
+            Some(1),
+            recreate(),
+            template,
+        ),
+        service: cluster_ip_service(
+            &owner,
+            deployment_name,
+            labels,
+            selector,
+            vec![pod::service_port(pod::ADMIN_PORT_NAME, pod::ADMIN_PORT)],
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::pod::tests::{assert_worker_pod_basics, env_of, worker};
+    use crate::build::testutil::assert_child_meta;
+    use serde_json::{Value, json};
+
+    fn source(patch: Value) -> CdcSource {
+        let mut spec = json!({
+            "image": "kartflow/worker:0.1.0",
+            "postgres": {"host": "pg", "database": "shop", "credentialsSecretRef": {"name": "pg-creds"}},
+            "publication": {"name": "kartflow_orders", "tables": ["public.order_items"]},
+            "slot": {"name": "kartflow_orders"},
+            "kafka": {"bootstrapServers": "kafka:9092"}
+        });
+        for (k, v) in patch.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kartflow.io/v1alpha1", "kind": "CdcSource",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "uid-orders"},
+            "spec": spec
+        }))
+        .expect("fixture parses")
+    }
+
+    fn build(patch: Value) -> CdcChildren {
+        cdc_source(&source(patch)).expect("builds")
+    }
+
+    #[test]
+    fn config_is_the_documented_contract_without_credentials() {
+        let c = build(
+            json!({"kafka": {"bootstrapServers": "kafka:9092", "secretRef": {"name": "kc"}}}),
+        );
+        let text = &c.config_map.data.as_ref().expect("data")["config.json"];
+        let v: Value = serde_json::from_str(text).expect("JSON");
+        assert_eq!(
+            v,
+            json!({
+                "source": "shop.orders",
+                "postgres": {"host": "pg", "port": 5432, "database": "shop", "sslMode": "prefer"},
+                "publication": {"name": "kartflow_orders", "tables": ["public.order_items"], "create": true},
+                "slot": {"name": "kartflow_orders", "create": true},
+                "capture": {
+                    "mode": "table",
+                    "table": "public.order_items",
+                    "columns": {"orderId": "order_id", "productId": "product_id", "quantity": "quantity"},
+                    "outboxTable": "public.outbox"
+                },
+                "topic": "order-events",
+                "snapshotMode": "initial",
+                "heartbeatInterval": 30000,
+                "kafka": {"bootstrapServers": "kafka:9092", "propertiesFile": "/etc/kartflow/kafka/client.properties"},
+                "adminListen": "0.0.0.0:8080"
+            })
+        );
+        assert!(!text.contains("pg-creds") && !text.to_lowercase().contains("password"));
+        assert_eq!(
+            c.config_map.metadata.name.as_deref(),
+            Some("orders-cdc-config")
+        );
+    }
+
+    #[test]
+    fn one_recreated_replica_with_credentials_from_the_secret() {
+        let c = build(json!({}));
+        for meta in [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+        ] {
+            assert_child_meta(meta, "shop", "CdcSource", "orders", "uid-orders", "cdc");
+        }
+        assert_eq!(c.deployment.metadata.name.as_deref(), Some("orders-cdc"));
+        assert_eq!(c.service.metadata.name.as_deref(), Some("orders-cdc"));
+        let spec = c.deployment.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        assert_worker_pod_basics(&spec.template, "cdc");
+        let w = worker(&spec.template);
+        for (var, key) in [("PGUSER", "username"), ("PGPASSWORD", "password")] {
+            let sel = env_of(w, var)
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|s| s.secret_key_ref.as_ref())
+                .expect(var);
+            assert_eq!(sel.name, "pg-creds");
+            assert_eq!(sel.key, key);
+        }
+        let ports = c
+            .service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].port, 8080);
+    }
+
+    #[test]
+    fn invalid_specs_name_their_field() {
+        for (patch, field) in [
+            (json!({"heartbeatInterval": "0s"}), "spec.heartbeatInterval"),
+            (
+                json!({"heartbeatInterval": "often"}),
+                "spec.heartbeatInterval",
+            ),
+            (json!({"slot": {"name": "Bad-Slot"}}), "spec.slot.name"),
+            (
+                json!({"postgres": {"host": "pg", "port": 70000, "database": "d",
+                    "credentialsSecretRef": {"name": "c"}}}),
+                "spec.postgres.port",
+            ),
+            (
+                json!({"postgres": {"host": "", "database": "d", "credentialsSecretRef": {"name": "c"}}}),
+                "spec.postgres.host",
+            ),
+            (
+                json!({"capture": {"mode": "outbox", "outboxTable": ""}}),
+                "spec.capture.outboxTable",
+            ),
+            (json!({"topic": ""}), "spec.topic"),
+            (
+                json!({"kafka": {"bootstrapServers": ""}}),
+                "spec.kafka.bootstrapServers",
+            ),
+        ] {
+            match cdc_source(&source(patch.clone())) {
+                Err(BuildError::InvalidSpec { field: f, .. }) => assert_eq!(f, field, "{patch}"),
+                other => panic!("{patch}: expected {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_builds() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cdc-source.yaml");
+        let text = std::fs::read_to_string(path).expect("example exists");
+        let mut cdc: CdcSource = serde_yaml::from_str(&text).expect("parses");
+        cdc.metadata.namespace = Some("default".into());
+        cdc.metadata.uid = Some("u".into());
+        cdc_source(&cdc).expect("builds");
+    }
+}

@@ -1,0 +1,758 @@
+//! Children of an `InventoryPipeline`: the worker config, the worker Deployment and the admin
+//! Service.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use serde::Serialize;
+
+use super::labels::{pod_labels, recommended_labels, selector_labels};
+use super::pod::{self, WorkerPod};
+use super::{
+    BuildError, Component, Owner, WorkerKafka, cluster_ip_service, config_map, deployment,
+    duration_ms, recreate, render_json, require_non_empty, spec_hash,
+};
+use crate::crd::InventoryPipeline;
+use crate::crd::inventory_pipeline::{AlertThresholds, PipelineTopics};
+
+/// Where `spec.bootstrapProducts` is mounted; the file is `<dir>/<key>`.
+pub const BOOTSTRAP_DIR: &str = "/etc/kartflow/bootstrap";
+
+/// What an `InventoryPipeline` reconciles into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineChildren {
+    /// `<name>-worker-config`, key `config.json`.
+    pub config_map: ConfigMap,
+    /// `<name>-worker`.
+    pub deployment: Deployment,
+    /// `<name>-worker`, the admin/metrics port.
+    pub service: Service,
+    /// The pod template's `kartflow.io/spec-hash`: config, image and restart nonce.
+    pub spec_hash: String,
+}
+
+/// The inventory worker's config file: the subset of the worker's `InventorySettings`
+/// (`workers/src/inventory/runtime/settings.rs`, `deny_unknown_fields`) the operator sets;
+/// the rest keeps the worker's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InventoryWorkerConfig {
+    pipeline: String,
+    kafka: WorkerKafka,
+    topics: Topics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_products_file: Option<String>,
+    rules: Rules,
+    savepoints: Savepoints,
+    admin_listen: &'static str,
+}
+
+/// No `changelog`: the worker derives `<pipeline>-inventory-changelog`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Topics {
+    product_updates: String,
+    order_events: String,
+    products: String,
+    inventory_events: String,
+    inventory_alerts: String,
+    websocket_fanout: String,
+    dlq: String,
+}
+
+/// The worker's `InventoryConfig`; durations as whole milliseconds (how its `Millis`
+/// serializes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rules {
+    low_stock_threshold: i64,
+    critical_stock_threshold: i64,
+    price_drop_percent: f64,
+    stale_after: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Savepoints {
+    storage_url: String,
+}
+
+/// Builds the pipeline's children, refusing (with the JSON path) any value the worker would
+/// refuse at start, so the error shows on the CR instead of in a crash loop.
+pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, BuildError> {
+    let owner = Owner::of(ip)?;
+    let spec = &ip.spec;
+    require_non_empty("spec.image", &spec.image)?;
+    if spec.parallelism < 1 {
+        return Err(BuildError::invalid(
+            "spec.parallelism",
+            format!("must be at least 1, got {}", spec.parallelism),
+        ));
+    }
+    let deployment_name = owner.child_name("-worker")?;
+    // ConfigMap names are DNS subdomains (253): the Service name is the binding limit.
+    let config_map_name = format!("{deployment_name}-config");
+
+    let bootstrap = match &spec.bootstrap_products {
+        Some(r) => {
+            require_non_empty("spec.bootstrapProducts.name", &r.name)?;
+            if !is_config_map_key(&r.key) {
+                return Err(BuildError::invalid(
+                    "spec.bootstrapProducts.key",
+                    "must be a ConfigMap key: letters, digits, '-', '_' and '.', not '.' or '..'",
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let savepoint_dir = file_savepoint_dir(&spec.savepoint_url)?;
+
+    let config = InventoryWorkerConfig {
+        pipeline: owner.worker_identity(),
+        kafka: WorkerKafka::from_connection("spec.kafka", &spec.kafka)?,
+        topics: topics(&spec.topics)?,
+        bootstrap_products_file: bootstrap.map(|r| format!("{BOOTSTRAP_DIR}/{}", r.key)),
+        rules: rules(&spec.alerts)?,
+        savepoints: Savepoints {
+            storage_url: spec.savepoint_url.clone(),
+        },
+        admin_listen: pod::ADMIN_LISTEN_DEFAULT,
+    };
+    let config_json = render_json(&config)?;
+    let hash = spec_hash(&config_json, &spec.image, spec.restart_nonce);
+
+    let labels = recommended_labels(&owner.name, Component::Inventory, &spec.image);
+    let selector = selector_labels(&owner.name, Component::Inventory);
+
+    let mut mounts = vec![pod::config_mount(&config_map_name)];
+    if let Some(r) = bootstrap {
+        mounts.push(pod::config_map_key_mount(
+            "bootstrap",
+            &r.name,
+            &r.key,
+            BOOTSTRAP_DIR,
+        ));
+    }
+    mounts.extend(pod::kafka_secret_mount(&spec.kafka));
+    if let Some(dir) = &savepoint_dir {
+        // Limitation: an emptyDir lives and dies with its pod, so a `file://` savepoint does not
+        // survive the pod being replaced (an upgrade). Durable savepoints need an object store
+        // URL (`s3://…`); a PersistentVolumeClaim option is not modelled yet.
+        mounts.push(pod::empty_dir_mount("savepoints", dir, None));
+    }
+    let overrides = &spec.pod;
+    let template = WorkerPod {
+        labels: pod_labels(&labels, &overrides.labels),
+        annotations: overrides.annotations.clone(),
+        spec_hash: hash.clone(),
+        image: spec.image.clone(),
+        args: pod::worker_args("inventory"),
+        mounts,
+        resources: spec.resources.clone(),
+        node_selector: overrides.node_selector.clone(),
+        tolerations: overrides.tolerations.clone(),
+        service_account_name: overrides
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty()),
+        // Time to abort or finish the open transaction and leave the group cleanly.
+        termination_grace_period_seconds: 60,
+        ..WorkerPod::default()
+    }
+    .into_template();
+
+    let replicas = if spec.suspend { 0 } else { spec.parallelism };
+    Ok(PipelineChildren {
+        config_map: config_map(&owner, config_map_name, labels.clone(), config_json),
+        // Recreate, never RollingUpdate: a surge pod would join the group while the old
+        // generation still holds partitions, so two versions (possibly of different code or
+        // state) would process one partition's transactions around the rebalance. Old pods stop
+        // first; the new generation starts from the committed state or the savepoint.
+        deployment: deployment(
+            &owner,
+            deployment_name.clone(),
+            labels.clone(),
+            selector.clone(),
+            Some(replicas),
+            recreate(),
+            template,
+        ),
+        service: cluster_ip_service(
+            &owner,
+            deployment_name,
+            labels,
+            selector,
+            vec![pod::service_port(pod::ADMIN_PORT_NAME, pod::ADMIN_PORT)],
+        ),
+        spec_hash: hash,
+    })
+}
+
+fn topics(t: &PipelineTopics) -> Result<Topics, BuildError> {
+    for (field, name) in [
+        ("spec.topics.productUpdates", &t.product_updates),
+        ("spec.topics.orderEvents", &t.order_events),
+        ("spec.topics.products", &t.products),
+        ("spec.topics.inventoryEvents", &t.inventory_events),
+        ("spec.topics.inventoryAlerts", &t.inventory_alerts),
+        ("spec.topics.websocketFanout", &t.websocket_fanout),
+        ("spec.topics.dlq", &t.dlq),
+    ] {
+        require_non_empty(field, name)?;
+    }
+    if t.product_updates == t.order_events {
+        return Err(BuildError::invalid(
+            "spec.topics.orderEvents",
+            "must differ from spec.topics.productUpdates",
+        ));
+    }
+    Ok(Topics {
+        product_updates: t.product_updates.clone(),
+        order_events: t.order_events.clone(),
+        products: t.products.clone(),
+        inventory_events: t.inventory_events.clone(),
+        inventory_alerts: t.inventory_alerts.clone(),
+        websocket_fanout: t.websocket_fanout.clone(),
+        dlq: t.dlq.clone(),
+    })
+}
+
+fn rules(a: &AlertThresholds) -> Result<Rules, BuildError> {
+    if a.low_stock < 0 {
+        return Err(BuildError::invalid("spec.alerts.lowStock", "must be >= 0"));
+    }
+    if a.critical_stock < 0 || a.critical_stock > a.low_stock {
+        return Err(BuildError::invalid(
+            "spec.alerts.criticalStock",
+            format!(
+                "must be between 0 and spec.alerts.lowStock ({})",
+                a.low_stock
+            ),
+        ));
+    }
+    if !(1..=100).contains(&a.price_drop_percent) {
+        return Err(BuildError::invalid(
+            "spec.alerts.priceDropPercent",
+            "must be between 1 and 100",
+        ));
+    }
+    Ok(Rules {
+        low_stock_threshold: a.low_stock,
+        critical_stock_threshold: a.critical_stock,
+        price_drop_percent: f64::from(a.price_drop_percent),
+        stale_after: duration_ms("spec.alerts.staleAfter", &a.stale_after)?,
+    })
+}
+
+/// The directory of a `file:///path` savepoint URL (to mount writable), `None` for other
+/// schemes; refuses what is not a URL or a path we would not mount.
+fn file_savepoint_dir(url: &str) -> Result<Option<String>, BuildError> {
+    let field = "spec.savepointUrl";
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        BuildError::invalid(
+            field,
+            format!("{url:?} is not a URL: use file:///path or s3://bucket/prefix"),
+        )
+    })?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok || rest.is_empty() {
+        return Err(BuildError::invalid(field, format!("{url:?} is not a URL")));
+    }
+    if scheme != "file" {
+        return Ok(None);
+    }
+    let path = rest.trim_end_matches('/');
+    let plain = path.starts_with('/')
+        && path
+            .split('/')
+            .skip(1)
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if !plain || path == pod::TMP_DIR || path.starts_with("/etc/kartflow") {
+        return Err(BuildError::invalid(
+            field,
+            format!(
+                "{url:?}: a file URL needs an absolute local path of letters, digits, '-', '_' \
+                 and '.' (e.g. file:///var/lib/kartflow/savepoints), outside /tmp and /etc/kartflow"
+            ),
+        ));
+    }
+    Ok(Some(path.to_owned()))
+}
+
+fn is_config_map_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && !key.starts_with("..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::pod::tests::{assert_worker_pod_basics, mount_at, volume, worker};
+    use crate::build::testutil::assert_child_meta;
+    use crate::build::{ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME};
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A pipeline as the apiserver would return it: name, namespace and uid set, spec from
+    /// `spec` over the required minimum.
+    fn pipeline(spec: Value) -> InventoryPipeline {
+        let mut full = json!({
+            "image": "kartflow/worker:0.1.0",
+            "kafka": {"bootstrapServers": "kafka:9092"}
+        });
+        for (k, v) in spec.as_object().expect("spec object") {
+            full[k] = v.clone();
+        }
+        let mut ip: InventoryPipeline = serde_json::from_value(json!({
+            "apiVersion": "kartflow.io/v1alpha1",
+            "kind": "InventoryPipeline",
+            "metadata": {"name": "shop", "namespace": "prod", "uid": "uid-shop"},
+            "spec": full,
+        }))
+        .expect("fixture parses");
+        ip.metadata.generation = Some(1);
+        ip
+    }
+
+    fn build(spec: Value) -> PipelineChildren {
+        inventory_pipeline(&pipeline(spec)).expect("builds")
+    }
+
+    fn config_json(c: &PipelineChildren) -> Value {
+        let text = &c.config_map.data.as_ref().expect("data")["config.json"];
+        serde_json::from_str(text).expect("config is JSON")
+    }
+
+    fn template(c: &PipelineChildren) -> &PodTemplateSpec {
+        &c.deployment.spec.as_ref().expect("spec").template
+    }
+
+    #[test]
+    fn rendered_config_is_the_expected_worker_file() {
+        let c = build(json!({
+            "kafka": {"bootstrapServers": "kafka:9092", "secretRef": {"name": "kafka-client"}},
+            "bootstrapProducts": {"name": "initial-products", "key": "initial-products.json"},
+            "alerts": {"lowStock": 9, "criticalStock": 3, "priceDropPercent": 15, "staleAfter": "30m"},
+            "savepointUrl": "s3://bucket/savepoints",
+        }));
+        assert_eq!(
+            config_json(&c),
+            json!({
+                "pipeline": "prod.shop",
+                "kafka": {
+                    "bootstrapServers": "kafka:9092",
+                    "propertiesFile": "/etc/kartflow/kafka/client.properties"
+                },
+                "topics": {
+                    "productUpdates": "product-updates",
+                    "orderEvents": "order-events",
+                    "products": "products",
+                    "inventoryEvents": "inventory-events",
+                    "inventoryAlerts": "inventory-alerts",
+                    "websocketFanout": "websocket-fanout",
+                    "dlq": "inventory-dlq"
+                },
+                "bootstrapProductsFile": "/etc/kartflow/bootstrap/initial-products.json",
+                "rules": {
+                    "lowStockThreshold": 9,
+                    "criticalStockThreshold": 3,
+                    "priceDropPercent": 15.0,
+                    "staleAfter": 1_800_000
+                },
+                "savepoints": {"storageUrl": "s3://bucket/savepoints"},
+                "adminListen": "0.0.0.0:8080"
+            })
+        );
+        let minimal = config_json(&build(json!({})));
+        assert!(minimal["kafka"].get("propertiesFile").is_none());
+        assert!(minimal.get("bootstrapProductsFile").is_none());
+        assert_eq!(minimal["rules"]["staleAfter"], 3_600_000);
+        assert_eq!(
+            minimal["savepoints"]["storageUrl"],
+            "file:///var/lib/kartflow/savepoints"
+        );
+    }
+
+    /// Field names of `pub struct <name>` in a workers source file, camelCased as serde's
+    /// `rename_all = "camelCase"` does.
+    fn worker_fields(file: &str, name: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../workers/src")
+            .join(file);
+        let src = std::fs::read_to_string(&path).expect("worker source readable");
+        let start = src
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("{name} in {file}"));
+        let body = &src[start..];
+        let body = &body[body.find('{').expect("{") + 1..body.find("\n}").expect("}")];
+        body.lines()
+            .filter_map(|l| l.trim().strip_prefix("pub "))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(f, _)| {
+                let mut out = String::new();
+                let mut upper = false;
+                for ch in f.trim().chars() {
+                    if ch == '_' {
+                        upper = true;
+                    } else if upper {
+                        out.push(ch.to_ascii_uppercase());
+                        upper = false;
+                    } else {
+                        out.push(ch);
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// The worker refuses unknown fields, so every key we write must be one of its fields.
+    #[test]
+    fn every_key_is_a_field_of_the_workers_settings() {
+        let c = build(json!({
+            "kafka": {"bootstrapServers": "k:9092", "secretRef": {"name": "s"}},
+            "bootstrapProducts": {"name": "p", "key": "p.json"},
+        }));
+        let v = config_json(&c);
+        let check = |value: &Value, file: &str, name: &str| {
+            let fields = worker_fields(file, name);
+            assert!(!fields.is_empty(), "{name}");
+            for key in value.as_object().expect("object").keys() {
+                assert!(
+                    fields.contains(key),
+                    "{key} is not a field of {name}: {fields:?}"
+                );
+            }
+        };
+        check(&v, "inventory/runtime/settings.rs", "InventorySettings");
+        check(&v["kafka"], "kafka/mod.rs", "KafkaSettings");
+        check(&v["topics"], "inventory/runtime/settings.rs", "Topics");
+        check(&v["rules"], "inventory/config.rs", "InventoryConfig");
+        check(
+            &v["savepoints"],
+            "inventory/runtime/settings.rs",
+            "SavepointSettings",
+        );
+        // Shapes the worker's types accept: Millis takes integer ms, adminListen a SocketAddr.
+        assert!(v["rules"]["staleAfter"].is_u64());
+        assert!(v["rules"]["priceDropPercent"].is_number());
+        v["adminListen"]
+            .as_str()
+            .expect("string")
+            .parse::<std::net::SocketAddr>()
+            .expect("socket address");
+        // The pipeline id passes the worker's check (letters, digits, '-', '_', '.').
+        let id = v["pipeline"].as_str().expect("string");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        );
+    }
+
+    #[test]
+    fn children_are_owned_namespaced_and_labelled() {
+        let c = build(json!({}));
+        for meta in [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+        ] {
+            assert_child_meta(
+                meta,
+                "prod",
+                "InventoryPipeline",
+                "shop",
+                "uid-shop",
+                "inventory",
+            );
+            assert_eq!(
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::build::LABEL_VERSION)),
+                Some(&"0.1.0".to_owned())
+            );
+        }
+        assert_eq!(
+            c.config_map.metadata.name.as_deref(),
+            Some("shop-worker-config")
+        );
+        assert_eq!(c.deployment.metadata.name.as_deref(), Some("shop-worker"));
+        assert_eq!(c.service.metadata.name.as_deref(), Some("shop-worker"));
+    }
+
+    #[test]
+    fn deployment_runs_hardened_workers_with_recreate() {
+        let c = build(json!({"parallelism": 3}));
+        let spec = c.deployment.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(
+            spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        let selector = spec.selector.match_labels.clone().unwrap_or_default();
+        assert_eq!(selector.len(), 3);
+        assert_eq!(selector[LABEL_NAME], "kartflow-worker");
+        assert_eq!(selector[LABEL_INSTANCE], "shop");
+        assert_eq!(selector[LABEL_COMPONENT], "inventory");
+        let t = template(&c);
+        assert_worker_pod_basics(t, "inventory");
+        assert_eq!(
+            t.metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .map(|a| &a[ANNOTATION_SPEC_HASH]),
+            Some(&c.spec_hash)
+        );
+        let w = worker(t);
+        assert_eq!(w.image.as_deref(), Some("kartflow/worker:0.1.0"));
+        assert_eq!(
+            t.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds),
+            Some(60)
+        );
+        // Default savepoints: file:// → a writable emptyDir at that path.
+        let sp = mount_at(w, "/var/lib/kartflow/savepoints").expect("savepoint dir");
+        assert!(
+            volume(t, &sp.name)
+                .and_then(|v| v.empty_dir.as_ref())
+                .is_some()
+        );
+        assert!(mount_at(w, pod::KAFKA_DIR).is_none());
+        assert!(mount_at(w, BOOTSTRAP_DIR).is_none());
+        let svc = c.service.spec.as_ref().expect("service spec");
+        assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(svc.selector.as_ref(), Some(&selector));
+        let ports = svc.ports.as_deref().unwrap_or_default();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].name.as_deref(), Some("admin"));
+        assert_eq!(ports[0].port, 8080);
+    }
+
+    #[test]
+    fn optional_volumes_follow_the_spec() {
+        let c = build(json!({
+            "kafka": {"bootstrapServers": "k:9092", "secretRef": {"name": "kafka-client"}},
+            "bootstrapProducts": {"name": "initial-products", "key": "products.json"},
+            "savepointUrl": "s3://bucket/sp",
+        }));
+        let t = template(&c);
+        let w = worker(t);
+        let kafka = mount_at(w, pod::KAFKA_DIR).expect("kafka secret mounted");
+        assert_eq!(kafka.read_only, Some(true));
+        let b = mount_at(w, BOOTSTRAP_DIR).expect("bootstrap mounted");
+        let cm = volume(t, &b.name)
+            .and_then(|v| v.config_map.as_ref())
+            .expect("configMap volume");
+        assert_eq!(cm.name, "initial-products");
+        assert_eq!(
+            cm.items.as_deref().map(|i| i[0].key.as_str()),
+            Some("products.json")
+        );
+        assert!(
+            mount_at(w, "/var/lib/kartflow/savepoints").is_none(),
+            "s3: no volume"
+        );
+    }
+
+    #[test]
+    fn pod_overrides_apply_without_touching_the_selector() {
+        let c = build(json!({
+            "pod": {
+                "annotations": {"team": "inv"},
+                "labels": {"tier": "stream", "app.kubernetes.io/instance": "other"},
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "serviceAccountName": "workers"
+            },
+            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}
+        }));
+        let t = template(&c);
+        let meta = t.metadata.as_ref().expect("metadata");
+        let labels = meta.labels.clone().unwrap_or_default();
+        assert_eq!(labels["tier"], "stream");
+        assert_eq!(labels[LABEL_INSTANCE], "shop");
+        assert_eq!(meta.annotations.clone().unwrap_or_default()["team"], "inv");
+        let spec = t.spec.as_ref().expect("pod spec");
+        assert_eq!(spec.service_account_name.as_deref(), Some("workers"));
+        assert_eq!(
+            spec.node_selector.clone().unwrap_or_default()["disk"],
+            "ssd"
+        );
+        assert_eq!(spec.tolerations.as_ref().map(Vec::len), Some(1));
+        let requests = worker(t)
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .unwrap_or_default();
+        assert_eq!(requests["cpu"].0, "500m");
+    }
+
+    #[test]
+    fn suspend_scales_to_zero() {
+        let c = build(json!({"parallelism": 4, "suspend": true}));
+        assert_eq!(c.deployment.spec.as_ref().and_then(|s| s.replicas), Some(0));
+    }
+
+    #[test]
+    fn spec_hash_follows_config_image_and_restart_nonce_only() {
+        let base = build(json!({}));
+        let same = build(json!({"suspend": true, "pod": {"labels": {"x": "y"}}}));
+        assert_eq!(base.spec_hash, same.spec_hash, "not part of the hash");
+        for changed in [
+            json!({"image": "kartflow/worker:0.2.0"}),
+            json!({"restartNonce": 1}),
+            json!({"alerts": {"staleAfter": "2h"}}),
+            json!({"topics": {"dlq": "other-dlq"}}),
+        ] {
+            assert_ne!(
+                build(changed.clone()).spec_hash,
+                base.spec_hash,
+                "{changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_specs_name_their_field() {
+        for (spec, field) in [
+            (json!({"image": ""}), "spec.image"),
+            (
+                json!({"kafka": {"bootstrapServers": " "}}),
+                "spec.kafka.bootstrapServers",
+            ),
+            (json!({"parallelism": 0}), "spec.parallelism"),
+            (json!({"topics": {"dlq": ""}}), "spec.topics.dlq"),
+            (
+                json!({"topics": {"orderEvents": "product-updates"}}),
+                "spec.topics.orderEvents",
+            ),
+            (
+                json!({"alerts": {"staleAfter": "1 hour"}}),
+                "spec.alerts.staleAfter",
+            ),
+            (
+                json!({"alerts": {"staleAfter": "0s"}}),
+                "spec.alerts.staleAfter",
+            ),
+            (
+                json!({"alerts": {"lowStock": 3, "criticalStock": 5}}),
+                "spec.alerts.criticalStock",
+            ),
+            (json!({"alerts": {"lowStock": -1}}), "spec.alerts.lowStock"),
+            (
+                json!({"alerts": {"priceDropPercent": 0}}),
+                "spec.alerts.priceDropPercent",
+            ),
+            (json!({"savepointUrl": "/var/lib/sp"}), "spec.savepointUrl"),
+            (
+                json!({"savepointUrl": "file://host/sp"}),
+                "spec.savepointUrl",
+            ),
+            (json!({"savepointUrl": "file:///tmp"}), "spec.savepointUrl"),
+            (
+                json!({"savepointUrl": "file:///a/../b"}),
+                "spec.savepointUrl",
+            ),
+            (
+                json!({"bootstrapProducts": {"name": "p", "key": "../x"}}),
+                "spec.bootstrapProducts.key",
+            ),
+        ] {
+            match inventory_pipeline(&pipeline(spec.clone())) {
+                Err(BuildError::InvalidSpec { field: f, .. }) => assert_eq!(f, field, "{spec}"),
+                other => panic!("{spec}: expected {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_uid_is_refused() {
+        let mut ip = pipeline(json!({}));
+        ip.metadata.uid = None;
+        assert!(matches!(
+            inventory_pipeline(&ip),
+            Err(BuildError::MissingMetadata {
+                what: "metadata.uid"
+            })
+        ));
+    }
+
+    #[test]
+    fn the_example_builds() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/inventory-pipeline.yaml");
+        let text = std::fs::read_to_string(path).expect("example exists");
+        let mut ip: InventoryPipeline = serde_yaml::from_str(&text).expect("parses");
+        ip.metadata.namespace = Some("default".into());
+        ip.metadata.uid = Some("u".into());
+        let c = inventory_pipeline(&ip).expect("builds");
+        assert_eq!(c.deployment.spec.and_then(|s| s.replicas), Some(2));
+    }
+
+    proptest! {
+        #[test]
+        fn replicas_are_never_negative(parallelism in any::<i32>(), suspend in any::<bool>()) {
+            let r = inventory_pipeline(&pipeline(json!({"parallelism": parallelism, "suspend": suspend})));
+            match r {
+                Ok(c) => {
+                    let replicas = c.deployment.spec.and_then(|s| s.replicas).unwrap_or(-1);
+                    prop_assert!(replicas >= 0);
+                    prop_assert_eq!(replicas, if suspend { 0 } else { parallelism });
+                }
+                Err(BuildError::InvalidSpec { field, .. }) => {
+                    prop_assert_eq!(field, "spec.parallelism");
+                    prop_assert!(parallelism < 1);
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+
+        #[test]
+        fn template_labels_always_include_the_selector(
+            labels in proptest::collection::btree_map(
+                prop_oneof![Just(LABEL_INSTANCE.to_owned()), Just(LABEL_NAME.to_owned()),
+                    Just(LABEL_COMPONENT.to_owned()), "[a-z]{1,8}"],
+                "[a-z]{1,8}", 0..5),
+        ) {
+            let c = build(json!({"pod": {"labels": labels}}));
+            let spec = c.deployment.spec.expect("spec");
+            let template_labels = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+            for (k, v) in spec.selector.match_labels.unwrap_or_default() {
+                prop_assert_eq!(template_labels.get(&k), Some(&v));
+            }
+        }
+
+        #[test]
+        fn spec_hash_changes_iff_config_image_or_nonce_change(
+            image in prop_oneof![Just("w:1"), Just("w:2")],
+            nonce in proptest::option::of(0i64..3),
+            stale in prop_oneof![Just("1h"), Just("60m"), Just("2h")],
+            image2 in prop_oneof![Just("w:1"), Just("w:2")],
+            nonce2 in proptest::option::of(0i64..3),
+            stale2 in prop_oneof![Just("1h"), Just("60m"), Just("2h")],
+        ) {
+            let mk = |i: &str, n: Option<i64>, s: &str| build(json!({
+                "image": i, "restartNonce": n, "alerts": {"staleAfter": s}
+            }));
+            let a = mk(image, nonce, stale);
+            let b = mk(image2, nonce2, stale2);
+            // "1h" and "60m" render the same config (3600000 ms): same hash.
+            let same_ms = |s: &str| if s == "2h" { 2 } else { 1 };
+            let same = image == image2 && nonce == nonce2 && same_ms(stale) == same_ms(stale2);
+            prop_assert_eq!(a.spec_hash == b.spec_hash, same);
+        }
+    }
+}
