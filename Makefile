@@ -9,7 +9,7 @@ CARGO ?= cargo
 STACK ?= local
 
 .PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo bench-inventory \
-	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check
+	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check chart-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
 BENCH_PRODUCTS ?= 100000
@@ -38,23 +38,36 @@ lint: toolchain ## clippy with warnings as errors
 unit-test: toolchain ## Tests that need no running servers
 	$(CARGO) test --workspace --locked
 
-crds: ## Regenerate crds/ from the Rust types in operator/src/crd
-	@mkdir -p crds
-	$(CARGO) run -q -p kartflow-operator --bin crdgen --locked -- crds
+# The CRDs live twice: crds/ for kubectl users and charts/kartflow/crds/ for helm.
+CRD_DIRS := crds charts/kartflow/crds
 
-crds-check: ## Fail if crds/ differs from what the Rust types generate
+crds: ## Regenerate crds/ and charts/kartflow/crds/ from the Rust types in operator/src/crd
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  $(CARGO) run -q -p kartflow-operator --bin crdgen --locked -- "$$tmp" && \
-	  diff -ru crds "$$tmp" || { echo "crds/ is out of date with operator/src/crd: run 'make crds' and commit the result" >&2; exit 1; }
+	  for d in $(CRD_DIRS); do mkdir -p "$$d" && rm -f "$$d"/*.yaml && cp "$$tmp"/*.yaml "$$d"/; done
+
+crds-check: ## Fail if crds/ or charts/kartflow/crds/ differs from what the Rust types generate
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(CARGO) run -q -p kartflow-operator --bin crdgen --locked -- "$$tmp" && \
+	  stale= && for d in $(CRD_DIRS); do diff -ru "$$d" "$$tmp" || stale="$$stale $$d/"; done && \
+	  if [[ -n "$$stale" ]]; then echo "out of date with operator/src/crd:$$stale; run 'make crds' and commit the result" >&2; exit 1; fi
+
+chart-check: ## Lint and render the Helm chart, check its values schema (helm: make cluster-build)
+	hack/chart-check.sh
 
 test: toolchain fmt-check lint crds-check ## Everything: format, lint, unit, integration and end-to-end tests
 	# The process node maps kartflow images to target/debug binaries: build them first.
 	$(CARGO) build --workspace --locked
 ifeq ($(STACK),local)
+	hack/cluster/build.sh >/dev/null
+	hack/chart-check.sh
 	hack/dev.sh up
 	hack/cluster/up.sh
 	hack/cluster/smoke.sh
 	hack/cluster/e2e.sh
+else
+	# No cluster build here: chart-check uses the pinned helm if cached, else helm on PATH or $$HELM.
+	hack/chart-check.sh
 endif
 	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
 
