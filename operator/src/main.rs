@@ -1,15 +1,194 @@
 //! `kartflow-operator`: reconciles kartflow's custom resources into workloads.
 //!
-//! The controllers arrive with the operator issue; until then the binary only reports its version
-//! so the build, packaging and CI paths are exercised end to end.
+//! Every replica serves `/metrics`, `/healthz` and `/readyz`; only the holder of the leader Lease
+//! runs the controllers. Losing the Lease ends the process (the kubelet restarts it as a standby),
+//! because a replica that might still be writing must not keep going.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use kartflow_operator::controller::{self, Context};
+use kartflow_operator::http::{self, Health};
+use kartflow_operator::leader::{self, LeaderSettings};
+use kartflow_operator::metrics::Metrics;
+use kube::Client;
 
 #[derive(Debug, Parser)]
 #[command(name = "kartflow-operator", version, about)]
-struct Cli {}
+struct Cli {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KARTFLOW_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "KARTFLOW_LEASE_NAME", default_value = "kartflow-operator")]
+    lease_name: String,
+    /// Namespace of the Lease: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// A standby takes over at most this long after the leader stopped renewing.
+    #[arg(long, env = "KARTFLOW_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Only reconcile objects in this namespace (empty: all namespaces).
+    #[arg(long, env = "KARTFLOW_WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
+    /// Log format on stderr; the level comes from KARTFLOW_LOG (default info).
+    #[arg(long, value_enum, env = "KARTFLOW_LOG_FORMAT", default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!("kartflow-operator {}", env!("CARGO_PKG_VERSION"));
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kartflow_wire::telemetry::init(matches!(cli.log_format, LogFormat::Json));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kartflow-operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator stopped");
+            eprintln!("kartflow-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let identity = cli
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("kartflow-operator-{}", std::process::id()));
+    let metrics = Metrics::new();
+    let health = Health::default();
+    http::serve(cli.metrics_listen, health.clone(), metrics.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} (--metrics-listen): {e}",
+                cli.metrics_listen
+            )
+        })?;
+
+    let client = Client::try_default().await.map_err(|e| {
+        format!(
+            "cannot build a Kubernetes client: {e}. In a pod this uses the service account; \
+             outside, KUBECONFIG or ~/.kube/config"
+        )
+    })?;
+    client.apiserver_version().await.map_err(|e| {
+        format!("the Kubernetes apiserver does not answer: {e}. Check the network and KUBECONFIG")
+    })?;
+    health.set_ready(true);
+
+    let settings = LeaderSettings {
+        lease_name: cli.lease_name,
+        namespace: cli.lease_namespace,
+        identity: identity.clone(),
+        duration_seconds: cli.lease_duration_seconds,
+    };
+    let mut election = leader::start(client.clone(), &settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        identity = %identity,
+        lease = %format!("{}/{}", settings.namespace, settings.lease_name),
+        "waiting for the leader Lease"
+    );
+    loop {
+        if *election.leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = election.leading.changed() => {
+                if changed.is_err() {
+                    return Err("leader election stopped before this replica led".into());
+                }
+            }
+            _ = shutdown_signal() => {
+                tracing::info!("stopping while on standby");
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(identity = %identity, "leading: starting the controllers");
+    metrics.leader.set(1);
+
+    let namespace = Some(cli.watch_namespace).filter(|n| !n.is_empty());
+    let ctx = Arc::new(Context::new(client, metrics.clone(), &identity));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let stop = futures::FutureExt::shared(Box::pin(stop));
+    let controllers = tokio::spawn(controller::run(ctx, namespace, stop));
+
+    let lost = async {
+        loop {
+            if election.leading.changed().await.is_err() || !*election.leading.borrow() {
+                return;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        _ = lost => Err("lost the leader Lease; exiting so a fresh process starts as standby".to_owned()),
+        _ = shutdown_signal() => Ok(()),
+    };
+    metrics.leader.set(0);
+    let _ = stop_tx.send(true);
+    if let Err(e) = controllers.await {
+        tracing::warn!(error = %e, "controllers ended abnormally");
+    }
+    // Dropping the receiver makes the election task release the Lease: the standby takes over
+    // immediately instead of after the lease duration.
+    drop(election.leading);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), election.task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
+        other => tracing::warn!(
+            ?other,
+            "could not release the leader Lease; it expires on its own"
+        ),
+    }
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -6,9 +6,7 @@
 //! `cargo test -p kartflow-operator --test crd_admission -- --include-ignored`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kartflow_testkit::cluster::{self, TestNamespace};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -25,36 +23,6 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("kartflow-tests").force();
-    for file in yaml_files(&repo().join("crds")) {
-        let text = std::fs::read_to_string(&file).expect("CRD file");
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD parses");
-        let name = crd.metadata.name.clone().expect("CRD name");
-        crds.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying {}: {e}", file.display()));
-        cluster::wait_for(
-            &format!("CRD {name} Established"),
-            Duration::from_secs(30),
-            || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    let c = crds.get(&name).await.ok()?;
-                    c.status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                        .then_some(())
-                }
-            },
-        )
-        .await;
-    }
 }
 
 fn api_for(client: &Client, ns: &str, obj: &DynamicObject) -> Api<DynamicObject> {
@@ -85,7 +53,7 @@ fn load(path: &Path) -> (DynamicObject, String) {
 #[ignore = "needs the local cluster: `make test` runs it (or `make cluster-up` + --include-ignored)"]
 async fn apiserver_refuses_invalid_resources_naming_the_field() {
     let client = cluster::client().await;
-    install_crds(&client).await;
+    cluster::install_crds(&client, &repo().join("crds")).await;
     let ns = TestNamespace::create(&client, "crd-admission").await;
 
     let invalid = yaml_files(&repo().join("examples/invalid"));

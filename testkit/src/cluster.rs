@@ -3,11 +3,12 @@
 //! afterwards, and waiting with a deadline that says what it waited for.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -101,5 +102,74 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The repository root (testkit lives one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the local cluster (`kubectl`, `helm`, ...), as `hack/cluster/env.sh --plain`
+/// locates them.
+///
+/// # Panics
+/// When the cluster tooling has not been built, saying how to build it.
+pub fn tool(name: &str) -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("hack/cluster/env.sh"))
+        .arg("--plain")
+        .output()
+        .unwrap_or_else(|e| panic!("running hack/cluster/env.sh: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CLUSTER_BIN_DIR="))
+        .unwrap_or_else(|| panic!("hack/cluster/env.sh printed no CLUSTER_BIN_DIR: {text}"));
+    let path = Path::new(dir).join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `make cluster-build` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Server-side applies every CRD in `dir` and waits until each is Established.
+pub async fn install_crds(client: &Client, dir: &Path) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("kartflow-tests").force();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not a CRD: {e}", file.display()));
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying {}: {e}", file.display()));
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let c = crds.get(&name).await.ok()?;
+                    c.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
     }
 }

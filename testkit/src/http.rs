@@ -12,10 +12,25 @@ pub fn request(
     path: &str,
     json_body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    request_to(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        method,
+        path,
+        json_body,
+    )
+}
+
+/// The same request to any address (a pod IP of the local cluster, say).
+pub fn request_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let port = addr.port();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}:{port}\r\n", addr.ip());
     if let Some(b) = json_body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

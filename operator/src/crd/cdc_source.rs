@@ -133,6 +133,11 @@ pub struct Slot {
     /// forever and is the main cause of full database disks.
     #[serde(default = "yes")]
     pub drop_on_delete: bool,
+    /// Change this value to recreate a slot the guard dropped. The guard never recreates a
+    /// dropped slot on its own: the changes committed while it was gone were not captured, and
+    /// someone should decide whether to re-snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreate_nonce: Option<i64>,
 }
 
 fn yes() -> bool {
@@ -256,6 +261,12 @@ pub struct CdcSourceStatus {
     pub slot: Option<SlotFacts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drop: Option<SlotDrop>,
+    /// kartflow created the slot, so the guard may drop it and deletion drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_owned: Option<bool>,
+    /// kartflow created the publication, so deletion drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication_created: Option<bool>,
 }
 
 /// What the guard last read from `pg_replication_slots`.
@@ -290,4 +301,7 @@ pub struct SlotDrop {
     pub at: String,
     pub retained_bytes: i64,
     pub reason: String,
+    /// The `metadata.generation` at the drop: the slot is recreated only after the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }

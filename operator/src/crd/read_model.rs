@@ -45,9 +45,10 @@ pub struct ReadModelSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// HTTP port of REST and WebSocket.
+    /// HTTP port of REST and WebSocket (8080 is the workers' admin port).
     #[serde(default = "default_port")]
     #[schemars(range(min = 1024, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 8080").message("port 8080 is the workers' admin and metrics port: choose another"))]
     pub port: i32,
     #[serde(default)]
     pub websocket: WebSocketSettings,
@@ -67,7 +68,7 @@ fn default_replicas() -> i32 {
 }
 
 fn default_port() -> i32 {
-    8080
+    8000
 }
 
 fn default_max_unavailable() -> i32 {

@@ -1,0 +1,182 @@
+//! `ReadModel` → ConfigMap, Deployment, Service, PodDisruptionBudget and (with autoscaling) a
+//! CPU HorizontalPodAutoscaler. A `pipelineRef` is followed: a change of the referenced
+//! `InventoryPipeline` (its Kafka connection or topics) reconciles the read models using it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use super::status::{Cond, READY, RECONCILED, merge_conditions, now};
+use super::{Context, Error, api, apply, observe, report_failure};
+use crate::build::{self, BuildError};
+use crate::crd::common::CommonStatus;
+use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
+
+pub fn controller(
+    client: &Client,
+    ns: Option<&str>,
+    children: watcher::Config,
+) -> Controller<ReadModel> {
+    let controller = Controller::new(api::<ReadModel>(client, ns), watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(api::<Deployment>(client, ns), children.clone())
+        .owns(api::<ConfigMap>(client, ns), children.clone())
+        .owns(api::<Service>(client, ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(client, ns), children.clone())
+        .owns(api::<HorizontalPodAutoscaler>(client, ns), children)
+        .watches(
+            api::<InventoryPipeline>(client, ns),
+            watcher::Config::default(),
+            move |pipeline| {
+                let ns = pipeline.namespace();
+                let name = pipeline.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|rm| {
+                        rm.namespace() == ns
+                            && rm.spec.source.pipeline_ref.as_ref().map(|r| &r.name) == Some(&name)
+                    })
+                    .map(|rm| ObjectRef::from_obj(rm.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+}
+
+#[tracing::instrument(skip_all, fields(namespace = rm.namespace(), name = %rm.name_any()))]
+pub async fn reconcile(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    observe("ReadModel", rm.clone(), ctx.clone(), run(rm, ctx)).await
+}
+
+async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let previous = rm.status.clone().unwrap_or_default();
+    let ns = rm.namespace().unwrap_or_default();
+    let pipeline = match &rm.spec.source.pipeline_ref {
+        Some(r) => {
+            let api: Api<InventoryPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+            match api.get_opt(&r.name).await {
+                Ok(p) => p,
+                Err(e) => return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await),
+            }
+        }
+        None => None,
+    };
+    let children = match build::read_model(&rm, pipeline.as_ref()) {
+        Ok(c) => c,
+        Err(e @ BuildError::PipelineNotFound { .. }) => {
+            // Not a back-off case: the pipeline's creation triggers a reconcile through
+            // `watches`; the periodic requeue is only a safety net.
+            let err: Error = e.into();
+            report_failure(rm.as_ref(), &ctx, previous, err).await;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Err(e) => return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await),
+    };
+    let applied = async {
+        apply::apply(&ctx.client, &children.config_map).await?;
+        apply::apply(&ctx.client, &children.service).await?;
+        apply::apply(&ctx.client, &children.pdb).await?;
+        let hpa = match &children.hpa {
+            Some(h) => Some(apply::apply(&ctx.client, h).await?),
+            None => {
+                apply::delete_if_present::<HorizontalPodAutoscaler>(
+                    &ctx.client,
+                    &ns,
+                    children
+                        .deployment
+                        .metadata
+                        .name
+                        .as_deref()
+                        .unwrap_or_default(),
+                )
+                .await?;
+                None
+            }
+        };
+        let deployment = apply::apply(&ctx.client, &children.deployment).await?;
+        Ok::<_, kube::Error>((deployment, hpa))
+    }
+    .await;
+    let (deployment, hpa) = match applied {
+        Ok(v) => v,
+        Err(e) => return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await),
+    };
+
+    let ds = deployment.status.unwrap_or_default();
+    let ready = ds.ready_replicas.unwrap_or(0);
+    let replicas = ds.replicas.unwrap_or(0);
+    let hs = hpa.and_then(|h| h.status);
+    let desired = match &hs {
+        Some(h) => h.desired_replicas,
+        None => deployment
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(rm.spec.replicas),
+    };
+    let (phase, ready_cond) = if desired > 0 && ready >= desired {
+        (
+            "Running",
+            Cond::new(
+                READY,
+                true,
+                "ReplicasReady",
+                format!("{ready}/{desired} replicas caught up and serving"),
+            ),
+        )
+    } else if desired == 0 {
+        (
+            "Idle",
+            Cond::new(READY, false, "ScaledToZero", "no replicas requested"),
+        )
+    } else {
+        (
+            "Progressing",
+            Cond::new(
+                READY,
+                false,
+                "ReplicasNotReady",
+                format!(
+                    "{ready}/{desired} replicas ready (a replica is Ready once caught up with the topics)"
+                ),
+            ),
+        )
+    };
+    let generation = rm.metadata.generation;
+    let status = ReadModelStatus {
+        common: CommonStatus {
+            phase: Some(phase.into()),
+            observed_generation: generation,
+            conditions: merge_conditions(
+                &previous.common.conditions,
+                &[
+                    Cond::new(
+                        RECONCILED,
+                        true,
+                        "Applied",
+                        "children are up to date with the spec",
+                    ),
+                    ready_cond,
+                ],
+                generation,
+                &now(),
+            ),
+        },
+        replicas: Some(replicas),
+        ready_replicas: Some(ready),
+        current_replicas: hs.as_ref().and_then(|h| h.current_replicas),
+        desired_replicas: Some(desired),
+        resolved_topics: Some(children.resolved_topics),
+    };
+    apply::apply_status(&ctx.client, rm.as_ref(), &status).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
