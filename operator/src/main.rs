@@ -72,10 +72,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let identity = cli
+    // Unique per process, as controller-runtime does: a restarted container of the same pod must
+    // not inherit the Lease its dead predecessor held, it waits like any standby.
+    let pod = cli
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("kartflow-operator-{}", std::process::id()));
+        .unwrap_or_else(|| "kartflow-operator".into());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id();
+    let identity = format!("{pod}_{nonce:08x}");
     let metrics = Metrics::new();
     let health = Health::default();
     http::serve(cli.metrics_listen, health.clone(), metrics.clone())

@@ -27,6 +27,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 const RELEASE: &str = "kartflow";
+const SYSTEM_NS: &str = "kartflow-e2e";
 const LEASE: &str = "kartflow-leader";
 /// Short, so failover is quick to observe; the chart's default is 15 s.
 const LEASE_SECONDS: u64 = 8;
@@ -119,10 +120,12 @@ async fn leader_pod(client: &Client, ns: &str) -> Pod {
         lease_holder(client, ns).await
     })
     .await;
+    // The holder identity is `<pod>_<per-process nonce>`.
+    let pod = holder.split('_').next().unwrap_or_default().to_owned();
     operator_pods(client, ns)
         .await
         .into_iter()
-        .find(|p| p.name_any() == holder)
+        .find(|p| p.name_any() == pod)
         .unwrap_or_else(|| panic!("Lease holder {holder} is not an operator pod"))
 }
 
@@ -168,14 +171,15 @@ async fn operator_end_to_end() {
     let started = Instant::now();
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
-    let system = TestNamespace::create(&client, "kartflow-system").await;
-
-    install(&client, &system.name).await;
+    // A fixed namespace: a run that died half-way leaves a release (with cluster-scoped RBAC)
+    // that the next run uninstalls instead of tripping on.
+    let system = SYSTEM_NS;
+    install(&client, system).await;
     let apps = TestNamespace::create(&client, "kf-apps").await;
     children_follow_the_spec(&client, &apps.name).await;
-    slot_guard(&client, &system.name, &apps.name).await;
-    latency_and_memory(&client, &system.name, &apps.name).await;
-    failover(&client, &system.name, &apps.name).await;
+    slot_guard(&client, system, &apps.name).await;
+    latency_and_memory(&client, system, &apps.name).await;
+    failover(&client, system, &apps.name).await;
 
     // CdcSources carry a finalizer: delete them while the operator still runs.
     let cdcs: Api<CdcSource> = Api::namespaced(client.clone(), &apps.name);
@@ -191,15 +195,24 @@ async fn operator_end_to_end() {
     })
     .await;
     apps.delete().await;
-    run(
-        "helm",
-        &["uninstall", RELEASE, "-n", &system.name, "--wait"],
-    );
-    system.delete().await;
+    run("helm", &["uninstall", RELEASE, "-n", system, "--wait"]);
+    run("kubectl", &["delete", "namespace", system, "--wait=false"]);
     eprintln!("MEASURE e2e total {:.0?}", started.elapsed());
 }
 
 async fn install(client: &Client, ns: &str) {
+    // A release left by an interrupted run would keep its old operator processes running.
+    let _ = Command::new(cluster::tool("helm"))
+        .args([
+            "uninstall",
+            RELEASE,
+            "-n",
+            ns,
+            "--wait",
+            "--ignore-not-found",
+        ])
+        .env("KUBECONFIG", cluster::kubeconfig_path())
+        .output();
     let t0 = Instant::now();
     let chart = cluster::repo_root().join("charts/kartflow");
     run(
@@ -210,6 +223,7 @@ async fn install(client: &Client, ns: &str) {
             &chart.to_string_lossy(),
             "-n",
             ns,
+            "--create-namespace",
             "--set",
             "replicaCount=2",
             "--set",
@@ -353,6 +367,7 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
     let models: Api<ReadModel> = Api::namespaced(client.clone(), ns);
     let cdcs: Api<CdcSource> = Api::namespaced(client.clone(), ns);
     let slot = stack::unique_name("e2e_children");
+    prepare_table(&slot).await;
 
     pg_secret(client, ns).await;
     let ip = apply(
@@ -502,7 +517,7 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
 
     // Deleting a CR removes its children (garbage collection through owner references).
     pipelines
-        .delete("shop", &DeleteParams::foreground())
+        .delete("shop", &DeleteParams::background())
         .await
         .expect("deleting shop");
     wait_for("shop-worker garbage-collected", T, || async {
@@ -846,7 +861,7 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
 }
 
 /// `pg_recvlogical` streaming from a slot: the "active reader" of the guard scenarios.
-struct Reader(std::process::Child);
+struct Reader(Option<std::process::Child>);
 
 impl Reader {
     fn start(slot: &str) -> Self {
@@ -883,19 +898,23 @@ impl Reader {
             .env("PGPASSWORD", &pg.password)
             .spawn()
             .unwrap_or_else(|e| panic!("starting pg_recvlogical ({bin}): {e}"));
-        Self(child)
+        Self(Some(child))
     }
 
     /// Stops the process without closing its connection: the slot stays active but stops
     /// confirming, so retained WAL grows.
     fn pause(&self) {
-        signal(self.0.id(), "STOP");
+        if let Some(c) = &self.0 {
+            signal(c.id(), "STOP");
+        }
     }
 
     fn stop(&mut self) {
-        signal(self.0.id(), "CONT");
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(mut c) = self.0.take() {
+            signal(c.id(), "CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -1011,8 +1030,8 @@ async fn record_seen(
 
 async fn failover(client: &Client, system: &str, ns: &str) {
     let leader = leader_pod(client, system).await;
-    let old = leader.name_any();
-    let pid = pid_of(&old);
+    let old = lease_holder(client, system).await.expect("a holder");
+    let pid = pid_of(&leader.name_any());
     signal(pid, "KILL");
     let t0 = Instant::now();
     let new = wait_for(

@@ -86,3 +86,18 @@ func TestResourceValue(t *testing.T) {
 		}
 	}
 }
+
+func TestMountsCoveringSourcesComeLast(t *testing.T) {
+	ms := []shimMount{
+		{Src: "/state/pods/p/volumes/tmp", Dst: "/tmp"},
+		{Src: "/tmp/kartflow-dev/pods/p/volumes/token", Dst: "/var/run/secrets/token"},
+		{Src: "/tmp/kartflow-dev/pods/p/volumes/config", Dst: "/etc/config"},
+	}
+	orderMounts(ms)
+	if ms[2].Dst != "/tmp" {
+		t.Fatalf("the /tmp mount hides the other sources and must be last: %+v", ms)
+	}
+	if ms[0].Dst != "/var/run/secrets/token" || ms[1].Dst != "/etc/config" {
+		t.Fatalf("the others keep their order: %+v", ms)
+	}
+}

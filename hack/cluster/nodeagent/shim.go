@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -42,6 +44,7 @@ func runShim(args []string) error {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return fmt.Errorf("parsing %s: %w", args[0], err)
 	}
+	orderMounts(s.Mounts)
 	for _, m := range s.Mounts {
 		if err := bindMount(m); err != nil {
 			return err
@@ -54,6 +57,20 @@ func runShim(args []string) error {
 	}
 	err = syscall.Exec(s.Path, s.Args, s.Env)
 	return fmt.Errorf("exec %s: %w", s.Path, err)
+}
+
+// orderMounts moves mounts that cover another mount's source to the end: an emptyDir on /tmp
+// would otherwise hide the agent's pod state under /tmp before those volumes are mounted.
+func orderMounts(ms []shimMount) {
+	covers := func(m shimMount) bool {
+		for _, o := range ms {
+			if o.Src != m.Src && (o.Src == m.Dst || strings.HasPrefix(o.Src, m.Dst+"/")) {
+				return true
+			}
+		}
+		return false
+	}
+	sort.SliceStable(ms, func(i, j int) bool { return !covers(ms[i]) && covers(ms[j]) })
 }
 
 func bindMount(m shimMount) error {

@@ -66,8 +66,20 @@ fn key(cdc: &CdcSource) -> String {
     format!("{}/{}", cdc.namespace().unwrap_or_default(), cdc.name_any())
 }
 
+/// The status as stored now. The watch cache can lag behind our own last status write, and
+/// this status carries facts that must not be lost (slot ownership, the last drop).
+async fn current_status(cdc: &CdcSource, ctx: &Context) -> Result<CdcSourceStatus, Error> {
+    let api: Api<CdcSource> =
+        Api::namespaced(ctx.client.clone(), &cdc.namespace().unwrap_or_default());
+    Ok(api
+        .get_status(&cdc.name_any())
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
 async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let previous = cdc.status.clone().unwrap_or_default();
+    let previous = current_status(&cdc, &ctx).await?;
     let policy = match GuardPolicy::from_spec(&cdc.spec.guard) {
         Ok(p) => p,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
@@ -350,7 +362,7 @@ async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error
     let ns = cdc.namespace().unwrap_or_default();
     let name = cdc.name_any();
     let slot = &cdc.spec.slot.name;
-    let status = cdc.status.clone().unwrap_or_default();
+    let status = current_status(&cdc, &ctx).await?;
     if let Ok(mut m) = ctx.guard_memory.lock() {
         m.remove(&key(&cdc));
     }

@@ -116,9 +116,11 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ready = ds.ready_replicas.unwrap_or(0);
     let replicas = ds.replicas.unwrap_or(0);
     let hs = hpa.and_then(|h| h.status);
-    let desired = match &hs {
-        Some(h) => h.desired_replicas,
-        None => deployment
+    let desired = match (&hs, rm.spec.autoscaling.as_ref().filter(|a| a.enabled)) {
+        // A new HPA reports 0 until its first evaluation; it never goes below minReplicas.
+        (Some(h), Some(a)) => h.desired_replicas.max(a.min_replicas),
+        (None, Some(a)) => a.min_replicas,
+        _ => deployment
             .spec
             .and_then(|s| s.replicas)
             .unwrap_or(rm.spec.replicas),
