@@ -110,5 +110,5 @@ async fn apiserver_refuses_invalid_resources_naming_the_field() {
         err.to_string().contains("slot.name is immutable"),
         "got: {err}"
     );
-    ns.delete().await;
+    ns.delete_and_wait().await;
 }

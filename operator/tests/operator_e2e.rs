@@ -175,6 +175,7 @@ async fn operator_end_to_end() {
     // that the next run uninstalls instead of tripping on.
     let system = SYSTEM_NS;
     install(&client, system).await;
+    let _release = Uninstall;
     let apps = TestNamespace::create(&client, "kf-apps").await;
     children_follow_the_spec(&client, &apps.name).await;
     slot_guard(&client, system, &apps.name).await;
@@ -194,10 +195,24 @@ async fn operator_end_to_end() {
             .map(|_| ())
     })
     .await;
+    drop_tables_of_this_run().await;
     apps.delete().await;
     run("helm", &["uninstall", RELEASE, "-n", system, "--wait"]);
     run("kubectl", &["delete", "namespace", system, "--wait=false"]);
     eprintln!("MEASURE e2e total {:.0?}", started.elapsed());
+}
+
+/// Uninstalls the release when the test fails half-way, so no operator keeps reconciling (and
+/// finalizing) the objects later tests create.
+struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = Command::new(cluster::tool("helm"))
+            .args(["uninstall", RELEASE, "-n", SYSTEM_NS, "--ignore-not-found"])
+            .env("KUBECONFIG", cluster::kubeconfig_path())
+            .output();
+    }
 }
 
 async fn install(client: &Client, ns: &str) {
@@ -639,6 +654,25 @@ async fn generate_wal(mib: u32) {
     .expect("generating WAL");
 }
 
+/// The published tables this run created (their names carry the test's process id).
+async fn drop_tables_of_this_run() {
+    let pg = stack::postgres().await;
+    let mark = format!("%\\_{}\\_%", std::process::id());
+    let rows = pg
+        .query(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'e2e\\_%' AND tablename LIKE $1",
+            &[&mark],
+        )
+        .await
+        .expect("listing test tables");
+    for row in rows {
+        let table: String = row.get(0);
+        pg.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .expect("dropping a test table");
+    }
+}
+
 async fn prepare_table(slot: &str) {
     let pg = stack::postgres().await;
     pg.batch_execute(&format!(
@@ -1003,7 +1037,14 @@ async fn latency_and_memory(client: &Client, system: &str, ns: &str) {
         p99 < Duration::from_secs(1),
         "apply -> Deployment p99 under 1 s: {p99:?}"
     );
-    assert_eq!(errors, 0.0, "no reconcile errors under load");
+    let by_reason: Vec<&str> = after
+        .lines()
+        .filter(|l| l.starts_with("kartflow_operator_reconcile_errors_total"))
+        .collect();
+    assert_eq!(
+        errors, 0.0,
+        "no reconcile errors under load; errors so far: {by_reason:#?}"
+    );
     pipelines
         .delete_collection(&DeleteParams::background(), &ListParams::default())
         .await

@@ -77,6 +77,20 @@ impl TestNamespace {
         }
     }
 
+    /// Deletes the namespace and waits until it is gone, so nothing of it is left for the next
+    /// test (an operator started later would otherwise find its objects mid-deletion).
+    pub async fn delete_and_wait(self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        self.delete().await;
+        wait_for(
+            &format!("namespace {name} deleted"),
+            Duration::from_secs(120),
+            || async { api.get_opt(&name).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn delete(self) {
         if let Err(e) = Api::<Namespace>::all(self.client)
             .delete(&self.name, &DeleteParams::background())

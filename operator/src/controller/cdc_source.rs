@@ -372,6 +372,22 @@ async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let owned = status.slot_owned.unwrap_or(false) || cdc.spec.guard.guard_unowned;
+    let publication = status.publication_created.unwrap_or(false);
+    if !owned {
+        ctx.event(
+            cdc.as_ref(),
+            false,
+            "SlotKept",
+            "Delete",
+            format!("slot {slot} was not created by kartflow and is left in place"),
+        )
+        .await;
+    }
+    if !owned && !publication {
+        // Nothing of ours in the database: no connection needed, so a CdcSource whose database
+        // or Secret never existed can still be deleted.
+        return Ok(Action::await_change());
+    }
     // The reader would reconnect to the slot while we drop it; stop it first.
     if let Some(reader) = build::cdc_source(&cdc)
         .ok()
@@ -388,6 +404,10 @@ async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error
     })?;
     if owned {
         let outcome = postgres::drop_slot(&db, slot, None).await?;
+        let released = outcome
+            .retained_bytes
+            .and_then(|b| u64::try_from(b).ok())
+            .unwrap_or(0);
         ctx.event(
             cdc.as_ref(),
             false,
@@ -395,26 +415,12 @@ async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error
             "Delete",
             format!(
                 "dropped slot {slot} ({} of WAL released) because the CdcSource was deleted",
-                format_bytes(
-                    outcome
-                        .retained_bytes
-                        .and_then(|b| u64::try_from(b).ok())
-                        .unwrap_or(0)
-                )
+                format_bytes(released)
             ),
         )
         .await;
-    } else {
-        ctx.event(
-            cdc.as_ref(),
-            false,
-            "SlotKept",
-            "Delete",
-            format!("slot {slot} was not created by kartflow and is left in place"),
-        )
-        .await;
     }
-    if status.publication_created.unwrap_or(false) {
+    if publication {
         postgres::drop_publication(&db, &cdc.spec.publication.name).await?;
     }
     Ok(Action::await_change())
