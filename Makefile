@@ -8,7 +8,7 @@ CARGO ?= cargo
 # DATABASE_URL and KUBECONFIG instead of starting the local stack and cluster.
 STACK ?= local
 
-.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo bench-inventory \
+.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo demo-down bench-inventory \
 	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check chart-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
@@ -103,7 +103,8 @@ bench-inventory: ## Inventory worker vs raw transactional passthrough (results i
 	$(CARGO) bench -p kartflow-worker --bench inventory --locked -- \
 	  --products $(BENCH_PRODUCTS) --orders $(BENCH_ORDERS)
 
-demo: ## Bring everything up and show the pipeline (arrives with the operator and workers)
-	@echo "make demo needs the operator and workers, which are not built yet (see README.md, Status)." >&2
-	@echo "Today you can run the data stack with 'make dev-up' and the test suite with 'make test'." >&2
-	@exit 1
+demo: ## Bring everything up and show the pipeline working (root; see hack/demo/)
+	hack/demo/demo.sh up
+
+demo-down: ## Remove what make demo created; the cluster and data stack keep running
+	hack/demo/demo.sh down

@@ -3,6 +3,8 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -30,6 +32,19 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     api.patch(&obj.name_any(), &params(), &Patch::Apply(obj))
         .await
+}
+
+/// The children every worker has: the ConfigMap first (the pods mount it), then the Deployment
+/// and its Service together. Returns the Deployment as stored.
+pub async fn apply_workload(
+    client: &Client,
+    config_map: &ConfigMap,
+    deployment: &Deployment,
+    service: &Service,
+) -> Result<Deployment, kube::Error> {
+    apply(client, config_map).await?;
+    let (deployment, _) = tokio::try_join!(apply(client, deployment), apply(client, service))?;
+    Ok(deployment)
 }
 
 /// Deletes a child if it exists.

@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, RECONCILED, SLOT_HEALTHY, merge_conditions, now};
-use super::{Context, Error, api, apply, observe, report_failure};
+use super::{Context, Error, api, apply, controller_for, observe, report_failure};
 use crate::build;
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::common::CommonStatus;
@@ -31,7 +31,7 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<CdcSource> {
-    Controller::new(api::<CdcSource>(client, ns), watcher::Config::default())
+    controller_for(api::<CdcSource>(client, ns))
         .owns(api::<Deployment>(client, ns), children.clone())
         .owns(api::<ConfigMap>(client, ns), children.clone())
         .owns(api::<Service>(client, ns), children)
@@ -88,11 +88,12 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
         Ok(c) => c,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
     };
-    let applied = async {
-        apply::apply(&ctx.client, &children.config_map).await?;
-        apply::apply(&ctx.client, &children.service).await?;
-        apply::apply(&ctx.client, &children.deployment).await
-    }
+    let applied = apply::apply_workload(
+        &ctx.client,
+        &children.config_map,
+        &children.deployment,
+        &children.service,
+    )
     .await;
     let deployment = match applied {
         Ok(d) => d,

@@ -10,7 +10,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::status::{Cond, READY, RECONCILED, merge_conditions, now};
-use super::{Context, Error, api, apply, observe, report_failure};
+use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
 use crate::build;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
 
@@ -19,13 +19,10 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<InventoryPipeline> {
-    Controller::new(
-        api::<InventoryPipeline>(client, ns),
-        watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(client, ns), children.clone())
-    .owns(api::<ConfigMap>(client, ns), children.clone())
-    .owns(api::<Service>(client, ns), children)
+    controller_for(api::<InventoryPipeline>(client, ns))
+        .owns(api::<Deployment>(client, ns), children.clone())
+        .owns(api::<ConfigMap>(client, ns), children.clone())
+        .owns(api::<Service>(client, ns), children)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = ip.namespace(), name = %ip.name_any()))]
@@ -39,11 +36,12 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
         Ok(c) => c,
         Err(e) => return Err(report_failure(ip.as_ref(), &ctx, previous, e.into()).await),
     };
-    let applied = async {
-        apply::apply(&ctx.client, &children.config_map).await?;
-        apply::apply(&ctx.client, &children.service).await?;
-        apply::apply(&ctx.client, &children.deployment).await
-    }
+    let applied = apply::apply_workload(
+        &ctx.client,
+        &children.config_map,
+        &children.deployment,
+        &children.service,
+    )
     .await;
     let deployment = match applied {
         Ok(d) => d,
@@ -55,9 +53,7 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
     } else {
         ip.spec.parallelism
     };
-    let ds = deployment.status.unwrap_or_default();
-    let ready = ds.ready_replicas.unwrap_or(0);
-    let replicas = ds.replicas.unwrap_or(0);
+    let (ready, replicas, rolled_out) = rollout(&deployment, desired);
     let (phase, ready_cond) = if ip.spec.suspend {
         (
             "Suspended",
@@ -68,7 +64,7 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
                 "spec.suspend is true: no workers run",
             ),
         )
-    } else if ready >= desired && replicas == desired {
+    } else if rolled_out {
         (
             "Running",
             Cond::new(
@@ -131,7 +127,9 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
         deployed_spec_hash: Some(children.spec_hash),
         ..previous
     };
-    apply::apply_status(&ctx.client, ip.as_ref(), &status).await?;
+    if ip.status.as_ref() != Some(&status) {
+        apply::apply_status(&ctx.client, ip.as_ref(), &status).await?;
+    }
     Ok(Action::requeue(std::time::Duration::from_secs(300)))
 }
 

@@ -245,6 +245,61 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
+/// A controller whose own-resource trigger fires only on spec changes (`metadata.generation`)
+/// and deletion: our status writes would otherwise each trigger another reconcile. Children's
+/// changes still trigger through `owns`, and periodic requeues still run.
+pub(crate) fn controller_for<K>(api: Api<K>) -> kube::runtime::Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector};
+    let (reader, writer) = reflector::store();
+    let trigger = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, Default::default());
+    kube::runtime::Controller::for_stream(trigger, reader)
+}
+
+/// Changes that need a reconcile: the spec (generation), deletion, and finalizers (kube's
+/// finalizer helper adds ours and waits for the resulting event).
+fn spec_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    Some(h.finish())
+}
+
+/// How far a worker Deployment has rolled out: `(ready, replicas, done)`. Done means the
+/// Deployment controller has seen the latest template and every replica runs it and is ready,
+/// so a restart in progress is not reported as Running on the old pods.
+pub(crate) fn rollout(
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    desired: i32,
+) -> (i32, i32, bool) {
+    let st = d.status.clone().unwrap_or_default();
+    let ready = st.ready_replicas.unwrap_or(0);
+    let replicas = st.replicas.unwrap_or(0);
+    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let done = observed
+        && updated == desired
+        && ready >= desired
+        && replicas == desired
+        && st.unavailable_replicas.unwrap_or(0) == 0;
+    (ready, replicas, done)
+}
+
 /// Where the controllers look.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -293,6 +348,79 @@ fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, r: Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deployment(
+        generation: i64,
+        status: serde_json::Value,
+    ) -> k8s_openapi::api::apps::v1::Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d", "generation": generation},
+            "status": status,
+        }))
+        .expect("deployment")
+    }
+
+    #[test]
+    fn rollout_is_done_only_on_the_latest_template() {
+        let cases = [
+            // (generation, status, desired, done)
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+                2,
+                true,
+            ),
+            // the controller has not seen the new template yet: old pods are still ready
+            (
+                3,
+                serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+                2,
+                false,
+            ),
+            // new template seen, old pods not replaced yet
+            (
+                3,
+                serde_json::json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 0, "readyReplicas": 2}),
+                2,
+                false,
+            ),
+            // new pods starting
+            (
+                3,
+                serde_json::json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "unavailableReplicas": 1}),
+                2,
+                false,
+            ),
+            // suspended: nothing runs
+            (4, serde_json::json!({"observedGeneration": 4}), 0, true),
+        ];
+        for (generation, status, desired, done) in cases {
+            let d = deployment(generation, status.clone());
+            assert_eq!(rollout(&d, desired).2, done, "{generation} {status}");
+        }
+    }
+
+    #[test]
+    fn the_trigger_ignores_status_but_not_spec_deletion_or_finalizers() {
+        let mut d = deployment(1, serde_json::json!({}));
+        let base = spec_or_deletion(&d);
+        d.status = None;
+        assert_eq!(spec_or_deletion(&d), base, "status changes do not trigger");
+        d.metadata.generation = Some(2);
+        let spec = spec_or_deletion(&d);
+        assert_ne!(spec, base);
+        d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        let deleting = spec_or_deletion(&d);
+        assert_ne!(deleting, spec, "deletion triggers");
+        d.metadata.finalizers = Some(vec!["kartflow.io/slot-cleanup".into()]);
+        assert_ne!(
+            spec_or_deletion(&d),
+            deleting,
+            "a finalizer change triggers"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

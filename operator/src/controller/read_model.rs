@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, RECONCILED, merge_conditions, now};
-use super::{Context, Error, api, apply, observe, report_failure};
+use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
 use crate::build::{self, BuildError};
 use crate::crd::common::CommonStatus;
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
@@ -26,7 +26,7 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<ReadModel> {
-    let controller = Controller::new(api::<ReadModel>(client, ns), watcher::Config::default());
+    let controller = controller_for(api::<ReadModel>(client, ns));
     let store = controller.store();
     controller
         .owns(api::<Deployment>(client, ns), children.clone())
@@ -82,28 +82,30 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
         Err(e) => return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await),
     };
+    let hpa_name = children
+        .deployment
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default();
     let applied = async {
         apply::apply(&ctx.client, &children.config_map).await?;
-        apply::apply(&ctx.client, &children.service).await?;
-        apply::apply(&ctx.client, &children.pdb).await?;
-        let hpa = match &children.hpa {
-            Some(h) => Some(apply::apply(&ctx.client, h).await?),
-            None => {
-                apply::delete_if_present::<HorizontalPodAutoscaler>(
-                    &ctx.client,
-                    &ns,
-                    children
-                        .deployment
-                        .metadata
-                        .name
-                        .as_deref()
-                        .unwrap_or_default(),
-                )
-                .await?;
-                None
+        let hpa = async {
+            match &children.hpa {
+                Some(h) => Ok(Some(apply::apply(&ctx.client, h).await?)),
+                None => {
+                    apply::delete_if_present::<HorizontalPodAutoscaler>(&ctx.client, &ns, &hpa_name)
+                        .await
+                        .map(|()| None)
+                }
             }
         };
-        let deployment = apply::apply(&ctx.client, &children.deployment).await?;
+        let (deployment, _, _, hpa) = tokio::try_join!(
+            apply::apply(&ctx.client, &children.deployment),
+            apply::apply(&ctx.client, &children.service),
+            apply::apply(&ctx.client, &children.pdb),
+            hpa,
+        )?;
         Ok::<_, kube::Error>((deployment, hpa))
     }
     .await;
@@ -112,20 +114,21 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         Err(e) => return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await),
     };
 
-    let ds = deployment.status.unwrap_or_default();
-    let ready = ds.ready_replicas.unwrap_or(0);
-    let replicas = ds.replicas.unwrap_or(0);
+    // What the Deployment currently asks for (the HPA's choice when autoscaling).
+    let target = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(rm.spec.replicas);
+    let (ready, replicas, rolled_out) = rollout(&deployment, target);
     let hs = hpa.and_then(|h| h.status);
     let desired = match (&hs, rm.spec.autoscaling.as_ref().filter(|a| a.enabled)) {
         // A new HPA reports 0 until its first evaluation; it never goes below minReplicas.
         (Some(h), Some(a)) => h.desired_replicas.max(a.min_replicas),
         (None, Some(a)) => a.min_replicas,
-        _ => deployment
-            .spec
-            .and_then(|s| s.replicas)
-            .unwrap_or(rm.spec.replicas),
+        _ => target,
     };
-    let (phase, ready_cond) = if desired > 0 && ready >= desired {
+    let (phase, ready_cond) = if desired > 0 && rolled_out && ready >= desired {
         (
             "Running",
             Cond::new(
@@ -179,6 +182,8 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         desired_replicas: Some(desired),
         resolved_topics: Some(children.resolved_topics),
     };
-    apply::apply_status(&ctx.client, rm.as_ref(), &status).await?;
+    if rm.status.as_ref() != Some(&status) {
+        apply::apply_status(&ctx.client, rm.as_ref(), &status).await?;
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
