@@ -1,6 +1,7 @@
 //! Prometheus metrics of the operator: reconciles by kind and result, their duration, errors by
 //! reason, leadership, and the slot guard's readings and drops.
 
+use kartflow_wire::telemetry::{must, render};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -16,14 +17,6 @@ pub struct Metrics {
     pub slot_active: IntGaugeVec,
     pub slot_checks: IntCounterVec,
     pub slot_drops: IntCounterVec,
-}
-
-fn must<T>(r: Result<T, prometheus::Error>) -> T {
-    // Metric definitions are static; a failure here is a programming error caught by tests.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
 }
 
 /// Labels of the slot guard's per-source series.
@@ -101,12 +94,7 @@ impl Metrics {
 
     /// The text exposition format for `/metrics`.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
-            out = format!("# encoding metrics failed: {e}\n");
-        }
-        out
+        render(&self.registry)
     }
 }
 

@@ -7,22 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use kartflow_testkit::cluster::{self, TestNamespace};
+use kartflow_testkit::cluster::{self, TestNamespace, yaml_files};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn api_for(client: &Client, ns: &str, obj: &DynamicObject) -> Api<DynamicObject> {

@@ -149,17 +149,22 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
-/// Server-side applies every CRD in `dir` and waits until each is Established.
-pub async fn install_crds(client: &Client, dir: &Path) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("kartflow-tests").force();
+/// The `*.yaml` files of `dir`, sorted.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    for file in files {
+    files
+}
+
+/// Server-side applies every CRD in `dir` and waits until each is Established.
+pub async fn install_crds(client: &Client, dir: &Path) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("kartflow-tests").force();
+    for file in yaml_files(dir) {
         let text = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text)

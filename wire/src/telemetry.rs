@@ -1,4 +1,4 @@
-//! Logging of both binaries: JSON lines by default (what log collectors parse), plain text for people at a
+//! Logging and metrics plumbing of both binaries. Logging: JSON lines by default (what log collectors parse), plain text for people at a
 //! terminal. The level comes from `KARTFLOW_LOG` (an `EnvFilter` directive, default `info`).
 
 use std::io::IsTerminal;
@@ -19,4 +19,23 @@ pub fn init(json: bool) {
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }
+}
+
+/// Unwraps a metric definition. Definitions are static, so a failure is a programming error
+/// that the binaries' metric tests catch.
+pub fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+/// A registry in the Prometheus text exposition format, for `/metrics`.
+pub fn render(registry: &prometheus::Registry) -> String {
+    let mut out = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&registry.gather(), &mut out) {
+        out = format!("# encoding metrics failed: {e}\n");
+    }
+    out
 }

@@ -13,11 +13,10 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use super::status::{Cond, READY, RECONCILED, SLOT_HEALTHY, merge_conditions, now};
+use super::status::{Cond, READY, SLOT_HEALTHY, reconciled};
 use super::{Context, Error, api, apply, controller_for, observe, report_failure};
 use crate::build;
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
-use crate::crd::common::CommonStatus;
 use crate::crd::{CdcSource, CdcSourceStatus};
 use crate::slot_guard::postgres::{self, Db};
 use crate::slot_guard::{GuardPolicy, SlotReading, Verdict, decide, drop_record, facts};
@@ -114,34 +113,24 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
     };
     let generation = cdc.metadata.generation;
     let status = CdcSourceStatus {
-        common: CommonStatus {
-            phase: Some(phase.into()),
-            observed_generation: generation,
-            conditions: merge_conditions(
-                &previous.common.conditions,
-                &[
-                    Cond::new(
-                        RECONCILED,
-                        true,
-                        "Applied",
-                        "children are up to date with the spec",
-                    ),
-                    Cond::new(
-                        READY,
-                        reader_ready,
-                        if reader_ready {
-                            "ReaderReady"
-                        } else {
-                            "ReaderNotReady"
-                        },
-                        format!("{ready}/1 CDC worker ready"),
-                    ),
-                    guard.slot_cond,
-                ],
-                generation,
-                &now(),
-            ),
-        },
+        common: reconciled(
+            &previous.common,
+            generation,
+            phase,
+            vec![
+                Cond::new(
+                    READY,
+                    reader_ready,
+                    if reader_ready {
+                        "ReaderReady"
+                    } else {
+                        "ReaderNotReady"
+                    },
+                    format!("{ready}/1 CDC worker ready"),
+                ),
+                guard.slot_cond,
+            ],
+        ),
         slot: Some(guard.facts),
         last_drop: guard.last_drop,
         slot_owned: Some(guard.owned),

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use super::status::{Cond, READY, RECONCILED, merge_conditions, now};
+use super::status::{Cond, READY, reconciled};
 use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
 use crate::build;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
@@ -104,24 +104,7 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
     }
     let generation = ip.metadata.generation;
     let status = InventoryPipelineStatus {
-        common: crate::crd::common::CommonStatus {
-            phase: Some(phase.into()),
-            observed_generation: generation,
-            conditions: merge_conditions(
-                &previous.common.conditions,
-                &[
-                    Cond::new(
-                        RECONCILED,
-                        true,
-                        "Applied",
-                        "children are up to date with the spec",
-                    ),
-                    ready_cond,
-                ],
-                generation,
-                &now(),
-            ),
-        },
+        common: reconciled(&previous.common, generation, phase, vec![ready_cond]),
         replicas: Some(replicas),
         ready_replicas: Some(ready),
         deployed_spec_hash: Some(children.spec_hash),

@@ -15,10 +15,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use super::status::{Cond, READY, RECONCILED, merge_conditions, now};
+use super::status::{Cond, READY, reconciled};
 use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
 use crate::build::{self, BuildError};
-use crate::crd::common::CommonStatus;
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
 
 pub fn controller(
@@ -158,24 +157,7 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     let generation = rm.metadata.generation;
     let status = ReadModelStatus {
-        common: CommonStatus {
-            phase: Some(phase.into()),
-            observed_generation: generation,
-            conditions: merge_conditions(
-                &previous.common.conditions,
-                &[
-                    Cond::new(
-                        RECONCILED,
-                        true,
-                        "Applied",
-                        "children are up to date with the spec",
-                    ),
-                    ready_cond,
-                ],
-                generation,
-                &now(),
-            ),
-        },
+        common: reconciled(&previous.common, generation, phase, vec![ready_cond]),
         replicas: Some(replicas),
         ready_replicas: Some(ready),
         current_replicas: hs.as_ref().and_then(|h| h.current_replicas),

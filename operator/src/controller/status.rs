@@ -3,6 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::crd::common::CommonStatus;
+
 pub const READY: &str = "Ready";
 pub const RECONCILED: &str = "Reconciled";
 pub const SLOT_HEALTHY: &str = "SlotHealthy";
@@ -57,6 +59,27 @@ pub fn merge_conditions(
     }
     out.sort_by(|a, b| a.type_.cmp(&b.type_));
     out
+}
+
+/// The common status block of a successful reconcile: `Reconciled=True` plus `others`.
+pub fn reconciled(
+    previous: &CommonStatus,
+    generation: Option<i64>,
+    phase: &str,
+    others: Vec<Cond>,
+) -> CommonStatus {
+    let mut conds = vec![Cond::new(
+        RECONCILED,
+        true,
+        "Applied",
+        "children are up to date with the spec",
+    )];
+    conds.extend(others);
+    CommonStatus {
+        phase: Some(phase.into()),
+        observed_generation: generation,
+        conditions: merge_conditions(&previous.conditions, &conds, generation, &now()),
+    }
 }
 
 pub fn now() -> Time {

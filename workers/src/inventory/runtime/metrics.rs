@@ -1,6 +1,7 @@
 //! Prometheus metrics of the inventory worker. Every input record is counted by what became of
 //! it (`disposition`), so "nothing silently dropped" can be checked from the outside.
 
+use kartflow_wire::telemetry::{must, render};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -19,14 +20,6 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub transactions: IntCounterVec,
     pub restores: HistogramVec,
-}
-
-fn must<T>(r: Result<T, prometheus::Error>) -> T {
-    // Metric definitions are static; a failure here is a programming error caught by tests.
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
 }
 
 impl Metrics {
@@ -94,12 +87,7 @@ impl Metrics {
 
     /// The text exposition format for `/metrics`.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
-            out = format!("# encoding metrics failed: {e}\n");
-        }
-        out
+        render(&self.registry)
     }
 }
 
