@@ -140,6 +140,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     metrics.leader.set(1);
 
     let namespace = Some(cli.watch_namespace).filter(|n| !n.is_empty());
+    let client_for_watchdog = client.clone();
     let ctx = Arc::new(Context::new(client, metrics.clone(), &identity));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = async move {
@@ -152,14 +153,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     let lost = async {
         loop {
             if election.leading.changed().await.is_err() || !*election.leading.borrow() {
-                return;
+                return "the election reported the Lease lost".to_owned();
             }
         }
     };
     let outcome = tokio::select! {
-        _ = lost => Err("lost the leader Lease; exiting so a fresh process starts as standby".to_owned()),
+        reason = lost => Err(reason),
+        reason = leader::watch_lease(client_for_watchdog, &settings) => Err(reason),
         _ = shutdown_signal() => Ok(()),
     };
+    let outcome = outcome.map_err(|reason| {
+        format!("stopped leading: {reason}; exiting so a fresh process starts as a standby")
+    });
     metrics.leader.set(0);
     let _ = stop_tx.send(true);
     if let Err(e) = controllers.await {

@@ -616,6 +616,43 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
     })
     .await;
 
+    // A missing bootstrap ConfigMap is reported by name, and picked up once it exists.
+    apply(
+        &pipelines,
+        json!({
+            "apiVersion": "kartflow.io/v1alpha1", "kind": "InventoryPipeline",
+            "metadata": {"name": "needs-products"},
+            "spec": {"image": "kartflow/worker:dev", "kafka": {"bootstrapServers": kafka}, "suspend": true,
+                     "bootstrapProducts": {"name": "products", "key": "products.json"}}
+        }),
+    )
+    .await;
+    wait_for(
+        "needs-products reports the missing ConfigMap",
+        T,
+        || async {
+            let s = pipelines.get("needs-products").await.ok()?.status?;
+            s.common
+                .conditions
+                .iter()
+                .any(|c| {
+                    c.type_ == "Reconciled"
+                        && c.reason == "DependencyMissing"
+                        && c.message.contains("spec.bootstrapProducts")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "products"},
+               "data": {"products.json": "[]"}}),
+    )
+    .await;
+    reconciled(&pipelines, "needs-products").await;
+    deployment(client, ns, "needs-products-worker").await;
+
     // Deleting a CR removes its children (garbage collection through owner references).
     pipelines
         .delete("shop", &DeleteParams::background())

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, reconciled};
 use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
@@ -36,6 +36,9 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
         Ok(c) => c,
         Err(e) => return Err(report_failure(ip.as_ref(), &ctx, previous, e.into()).await),
     };
+    if let Err(e) = bootstrap_present(&ip, &ctx).await {
+        return Err(report_failure(ip.as_ref(), &ctx, previous, e).await);
+    }
     let applied = apply::apply_workload(
         &ctx.client,
         &children.config_map,
@@ -114,6 +117,41 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
         apply::apply_status(&ctx.client, ip.as_ref(), &status).await?;
     }
     Ok(Action::requeue(std::time::Duration::from_secs(300)))
+}
+
+/// The products ConfigMap must exist with its key, or the workers would hang in
+/// ContainerCreating with only a kubelet Event saying why.
+async fn bootstrap_present(ip: &InventoryPipeline, ctx: &Context) -> Result<(), Error> {
+    let Some(b) = &ip.spec.bootstrap_products else {
+        return Ok(());
+    };
+    let ns = ip.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let what = format!("ConfigMap {ns}/{} (spec.bootstrapProducts)", b.name);
+    match api.get_opt(&b.name).await? {
+        None => Err(Error::Dependency {
+            what,
+            problem: format!(
+                "not found: create it with the products file under the key {:?}",
+                b.key
+            ),
+        }),
+        Some(cm) => {
+            let has = cm.data.as_ref().is_some_and(|d| d.contains_key(&b.key))
+                || cm
+                    .binary_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&b.key));
+            if has {
+                Ok(())
+            } else {
+                Err(Error::Dependency {
+                    what,
+                    problem: format!("has no key {:?}", b.key),
+                })
+            }
+        }
+    }
 }
 
 fn short(hash: &str) -> &str {
