@@ -77,6 +77,24 @@ async fn current_status(cdc: &CdcSource, ctx: &Context) -> Result<CdcSourceStatu
         .unwrap_or_default())
 }
 
+/// Writes what kartflow created in the database into status at once: a later step of the same
+/// reconcile may fail, and a forgotten ownership would leave the slot unguarded and undropped.
+async fn record(cdc: &CdcSource, ctx: &Context, fields: serde_json::Value) -> Result<(), Error> {
+    let api: Api<CdcSource> =
+        Api::namespaced(ctx.client.clone(), &cdc.namespace().unwrap_or_default());
+    let params = kube::api::PatchParams {
+        field_manager: Some(build::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch_status(
+        &cdc.name_any(),
+        &params,
+        &kube::api::Patch::Merge(serde_json::json!({ "status": fields })),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let previous = current_status(&cdc, &ctx).await?;
     let policy = match GuardPolicy::from_spec(&cdc.spec.guard) {
@@ -202,6 +220,7 @@ async fn guard(
             .await?
     {
         publication_created = true;
+        record(cdc, ctx, serde_json::json!({"publicationCreated": true})).await?;
         ctx.event(
             cdc,
             false,
@@ -221,6 +240,7 @@ async fn guard(
         .is_some_and(|d| d.generation == cdc.metadata.generation);
     if spec.slot.create && !dropped_awaiting_ack && postgres::ensure_slot(&db, slot).await? {
         owned = true;
+        record(cdc, ctx, serde_json::json!({"slotOwned": true})).await?;
         ctx.event(
             cdc,
             false,
