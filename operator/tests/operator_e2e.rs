@@ -531,9 +531,10 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
     assert_owned_and_labelled(&hpa, &rm.uid().unwrap_or_default(), "view");
     let metrics = hpa.spec.and_then(|s| s.metrics).unwrap_or_default();
     assert!(
-        metrics
-            .iter()
-            .all(|m| m.resource.as_ref().is_some_and(|r| r.name == "cpu")),
+        !metrics.is_empty()
+            && metrics
+                .iter()
+                .all(|m| m.resource.as_ref().is_some_and(|r| r.name == "cpu")),
         "the HPA scales on CPU only: {metrics:?}"
     );
     let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)

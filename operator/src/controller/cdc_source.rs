@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, SLOT_HEALTHY, reconciled};
-use super::{Context, Error, api, apply, controller_for, observe, report_failure};
+use super::{Context, Error, apply, controller_for, observe, report_failure};
 use crate::build;
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::{CdcSource, CdcSourceStatus};
@@ -30,10 +30,7 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<CdcSource> {
-    controller_for(api::<CdcSource>(client, ns))
-        .owns(api::<Deployment>(client, ns), children.clone())
-        .owns(api::<ConfigMap>(client, ns), children.clone())
-        .owns(api::<Service>(client, ns), children)
+    controller_for(client, ns, &children)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = cdc.namespace(), name = %cdc.name_any()))]
@@ -185,7 +182,6 @@ async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Db, Error> {
             .as_ref()
             .and_then(|d| d.get(k))
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k).cloned()))
             .ok_or_else(|| Error::Dependency {
                 what: format!("Secret {ns}/{secret_name}"),
                 problem: format!("has no key {k:?} (it needs username and password)"),

@@ -2,15 +2,14 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, reconciled};
-use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
+use super::{Context, Error, apply, controller_for, observe, report_failure, rollout};
 use crate::build;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
 
@@ -19,10 +18,7 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<InventoryPipeline> {
-    controller_for(api::<InventoryPipeline>(client, ns))
-        .owns(api::<Deployment>(client, ns), children.clone())
-        .owns(api::<ConfigMap>(client, ns), children.clone())
-        .owns(api::<Service>(client, ns), children)
+    controller_for(client, ns, &children)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = ip.namespace(), name = %ip.name_any()))]

@@ -245,12 +245,17 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
-/// A controller whose own-resource trigger fires only on spec changes (`metadata.generation`)
-/// and deletion: our status writes would otherwise each trigger another reconcile. Children's
-/// changes still trigger through `owns`, and periodic requeues still run.
-pub(crate) fn controller_for<K>(api: Api<K>) -> kube::runtime::Controller<K>
+/// A controller for `K` that owns the children every worker has (Deployment, ConfigMap,
+/// Service). Its own-resource trigger fires only on spec changes (`metadata.generation`),
+/// deletion and finalizers: our status writes would otherwise each trigger another reconcile.
+/// Children's changes still trigger through `owns`, and periodic requeues still run.
+pub(crate) fn controller_for<K>(
+    client: &Client,
+    ns: Option<&str>,
+    children: &watcher::Config,
+) -> kube::runtime::Controller<K>
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -258,14 +263,19 @@ where
         + Sync
         + 'static,
 {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
     use kube::runtime::{WatchStreamExt, reflector};
     let (reader, writer) = reflector::store();
-    let trigger = watcher::watcher(api, watcher::Config::default())
+    let trigger = watcher::watcher(api::<K>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_deletion, Default::default());
     kube::runtime::Controller::for_stream(trigger, reader)
+        .owns(api::<Deployment>(client, ns), children.clone())
+        .owns(api::<ConfigMap>(client, ns), children.clone())
+        .owns(api::<Service>(client, ns), children.clone())
 }
 
 /// Changes that need a reconcile: the spec (generation), deletion, and finalizers (kube's

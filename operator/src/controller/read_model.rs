@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -25,12 +23,9 @@ pub fn controller(
     ns: Option<&str>,
     children: watcher::Config,
 ) -> Controller<ReadModel> {
-    let controller = controller_for(api::<ReadModel>(client, ns));
+    let controller = controller_for::<ReadModel>(client, ns, &children);
     let store = controller.store();
     controller
-        .owns(api::<Deployment>(client, ns), children.clone())
-        .owns(api::<ConfigMap>(client, ns), children.clone())
-        .owns(api::<Service>(client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(client, ns), children.clone())
         .owns(api::<HorizontalPodAutoscaler>(client, ns), children)
         .watches(
