@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod build;
+pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod http;

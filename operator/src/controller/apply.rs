@@ -11,7 +11,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::FIELD_MANAGER;
+use crate::children::FIELD_MANAGER;
 
 fn params() -> PatchParams {
     // force: the operator owns these fields; a human edit of a child is reverted, as with any

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, SLOT_HEALTHY, reconciled};
 use super::{Context, Error, apply, controller_for, observe, report_failure};
-use crate::build;
+use crate::children;
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::{CdcSource, CdcSourceStatus};
 use crate::slot_guard::postgres::{self, Db};
@@ -80,7 +80,7 @@ async fn record(cdc: &CdcSource, ctx: &Context, fields: serde_json::Value) -> Re
     let api: Api<CdcSource> =
         Api::namespaced(ctx.client.clone(), &cdc.namespace().unwrap_or_default());
     let params = kube::api::PatchParams {
-        field_manager: Some(build::FIELD_MANAGER.into()),
+        field_manager: Some(children::FIELD_MANAGER.into()),
         ..Default::default()
     };
     api.patch_status(
@@ -98,7 +98,7 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
         Ok(p) => p,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
     };
-    let children = match build::cdc_source(&cdc) {
+    let children = match children::cdc_source(&cdc) {
         Ok(c) => c,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
     };
@@ -395,7 +395,7 @@ async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     // The reader would reconnect to the slot while we drop it; stop it first.
-    if let Some(reader) = build::cdc_source(&cdc)
+    if let Some(reader) = children::cdc_source(&cdc)
         .ok()
         .and_then(|c| c.deployment.metadata.name)
     {

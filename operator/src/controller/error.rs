@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-use crate::build::BuildError;
+use crate::children::BuildError;
 use crate::slot_guard::{GuardError, PolicyError};
 
 #[derive(Debug, Error)]

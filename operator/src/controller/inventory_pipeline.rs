@@ -10,7 +10,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, reconciled};
 use super::{Context, Error, apply, controller_for, observe, report_failure, rollout};
-use crate::build;
+use crate::children;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
 
 pub fn controller(
@@ -28,7 +28,7 @@ pub async fn reconcile(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<
 
 async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let previous = ip.status.clone().unwrap_or_default();
-    let children = match build::inventory_pipeline(&ip) {
+    let children = match children::inventory_pipeline(&ip) {
         Ok(c) => c,
         Err(e) => return Err(report_failure(ip.as_ref(), &ctx, previous, e.into()).await),
     };

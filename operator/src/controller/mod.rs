@@ -1,6 +1,6 @@
 //! The controllers: one `kube_runtime::Controller` per kind, each owning its children. A
 //! reconcile reads and dereferences, builds the desired children with the pure functions of
-//! [`crate::build`], server-side applies them with one field manager, writes status from what
+//! [`crate::children`], server-side applies them with one field manager, writes status from what
 //! the server returned, and reports through Events and metrics.
 
 pub mod apply;
@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 pub use error::Error;
 
-use crate::build::MANAGED_BY_SELECTOR;
+use crate::children::MANAGED_BY_SELECTOR;
 use crate::crd::common::CommonStatus;
 use crate::crd::{CdcSourceStatus, InventoryPipelineStatus, ReadModelStatus};
 use crate::metrics::Metrics;

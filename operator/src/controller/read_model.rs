@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::status::{Cond, READY, reconciled};
 use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
-use crate::build::{self, BuildError};
+use crate::children::{self, BuildError};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
 
 pub fn controller(
@@ -65,7 +65,7 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
         None => None,
     };
-    let children = match build::read_model(&rm, pipeline.as_ref()) {
+    let children = match children::read_model(&rm, pipeline.as_ref()) {
         Ok(c) => c,
         Err(e @ BuildError::PipelineNotFound { .. }) => {
             // Not a back-off case: the pipeline's creation triggers a reconcile through

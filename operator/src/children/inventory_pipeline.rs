@@ -298,9 +298,9 @@ fn is_config_map_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::pod::tests::{assert_worker_pod_basics, mount_at, volume, worker};
-    use crate::build::testutil::assert_child_meta;
-    use crate::build::{ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME};
+    use crate::children::pod::tests::{assert_worker_pod_basics, mount_at, volume, worker};
+    use crate::children::testutil::assert_child_meta;
+    use crate::children::{ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME};
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use proptest::prelude::*;
     use serde_json::{Value, json};
@@ -480,7 +480,7 @@ mod tests {
             assert_eq!(
                 meta.labels
                     .as_ref()
-                    .and_then(|l| l.get(crate::build::LABEL_VERSION)),
+                    .and_then(|l| l.get(crate::children::LABEL_VERSION)),
                 Some(&"0.1.0".to_owned())
             );
         }

@@ -237,8 +237,8 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::pod::tests::{assert_worker_pod_basics, env_of, worker};
-    use crate::build::testutil::assert_child_meta;
+    use crate::children::pod::tests::{assert_worker_pod_basics, env_of, worker};
+    use crate::children::testutil::assert_child_meta;
     use serde_json::{Value, json};
 
     fn source(patch: Value) -> CdcSource {

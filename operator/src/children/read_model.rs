@@ -377,8 +377,8 @@ fn validate_autoscaling(a: &Autoscaling, rm: &ReadModel) -> Result<(), BuildErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::pod::tests::{assert_worker_pod_basics, env_of, mount_at, worker};
-    use crate::build::testutil::assert_child_meta;
+    use crate::children::pod::tests::{assert_worker_pod_basics, env_of, mount_at, worker};
+    use crate::children::testutil::assert_child_meta;
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
