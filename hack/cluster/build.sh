@@ -136,7 +136,10 @@ go_build_progress "helm ${HELM_VERSION}" "${logs}/helm.log" "?" -- \
 for b in "${CLUSTER_BINARIES[@]}"; do
   [[ -x "${out}/${b}" ]] || die "build finished but ${b} is missing from ${out}"
 done
-"${out}/kubectl" version --client 2>/dev/null | grep -q "${k8s_ver}" || die "built kubectl does not report ${k8s_ver}"
+# Captured first: `grep -q` stops reading at the match, and under pipefail kubectl's SIGPIPE on
+# its next line would fail the check at random.
+kubectl_version="$("${out}/kubectl" version --client 2>&1)" || die "built kubectl does not run: ${kubectl_version}"
+grep -qF "${k8s_ver}" <<<"$kubectl_version" || die "built kubectl does not report ${k8s_ver}: ${kubectl_version}"
 {
   echo "KUBERNETES_VERSION=${k8s_ver}"
   echo "ETCD_VERSION=${ETCD_VERSION}"
