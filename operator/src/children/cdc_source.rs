@@ -1,50 +1,24 @@
 //! Children of a `CdcSource`: the CDC worker config, its single-replica Deployment and the admin
 //! Service.
 //!
-//! The `kartflow-worker cdc --config FILE` role does not exist yet; this module defines its
-//! contract. The config file (JSON, camelCase):
-//!
-//! ```json
-//! {
-//!   "source": "<namespace>.<name>",
-//!   "postgres": {"host": "pg", "port": 5432, "database": "shop", "sslMode": "prefer"},
-//!   "publication": {"name": "kartflow_orders", "tables": ["public.order_items"], "create": true},
-//!   "slot": {"name": "kartflow_orders", "create": true},
-//!   "capture": {
-//!     "mode": "table",
-//!     "table": "public.order_items",
-//!     "columns": {"orderId": "order_id", "productId": "product_id", "quantity": "quantity"},
-//!     "outboxTable": "public.outbox"
-//!   },
-//!   "topic": "order-events",
-//!   "snapshotMode": "initial",
-//!   "heartbeatInterval": 30000,
-//!   "kafka": {"bootstrapServers": "kafka:9092", "propertiesFile": "/etc/kartflow/kafka/client.properties"},
-//!   "adminListen": "0.0.0.0:8080"
-//! }
-//! ```
-//!
-//! - `sslMode`: `disable | prefer | require | verify-ca | verify-full`; `mode`: `table | outbox`;
-//!   `snapshotMode`: `initial | never`; `heartbeatInterval` in milliseconds (like the inventory
-//!   worker's durations); `tables` omitted when empty, `propertiesFile` when there is no Secret.
-//! - No credentials in the file: the role reads `PGUSER` / `PGPASSWORD` (libpq's names) from the
-//!   env, which the Deployment fills from the Secret's `username` / `password` keys.
-//! - Env as every worker: `POD_NAME` (instance id), `KARTFLOW_ADMIN_LISTEN` (overrides
-//!   `adminListen`), `KARTFLOW_LOG_FORMAT`, `KARTFLOW_CONFIG`.
-//! - The slot guard and `dropOnDelete` belong to the operator, not the worker.
+//! The worker's file is [`kartflow_wire::config::CdcSettings`]; credentials are never in it (the
+//! Deployment fills `PGUSER` / `PGPASSWORD` from the Secret's `username` / `password` keys).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use serde::Serialize;
+use kartflow_wire::config::CdcSettings;
+use kartflow_wire::config::cdc::{
+    CaptureSettings, OrderLineColumns, PostgresSettings, PublicationSettings, SlotSettings,
+};
 
 use super::labels::{recommended_labels, selector_labels};
 use super::pod::{self, WorkerPod};
 use super::{
-    BuildError, Component, Owner, WorkerKafka, cluster_ip_service, config_map, deployment,
-    duration_ms, recreate, render_json, require_non_empty, spec_hash,
+    BuildError, Component, Owner, cluster_ip_service, config_map, deployment, duration_ms,
+    kafka_settings, recreate, render_config, require_non_empty, spec_hash,
 };
 use crate::crd::CdcSource;
-use crate::crd::cdc_source::{CaptureMode, SnapshotMode, SslMode};
+use crate::crd::cdc_source::CaptureMode;
 
 /// What a `CdcSource` reconciles into.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,63 +29,6 @@ pub struct CdcChildren {
     pub deployment: Deployment,
     /// `<name>-cdc`, the admin/metrics port.
     pub service: Service,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CdcWorkerConfig {
-    source: String,
-    postgres: Postgres,
-    publication: Publication,
-    slot: Slot,
-    capture: Capture,
-    topic: String,
-    snapshot_mode: SnapshotMode,
-    heartbeat_interval: u64,
-    kafka: WorkerKafka,
-    admin_listen: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Postgres {
-    host: String,
-    port: u16,
-    database: String,
-    ssl_mode: SslMode,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Publication {
-    name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tables: Vec<String>,
-    create: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Slot {
-    name: String,
-    create: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Capture {
-    mode: CaptureMode,
-    table: String,
-    columns: Columns,
-    outbox_table: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Columns {
-    order_id: String,
-    product_id: String,
-    quantity: String,
 }
 
 pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
@@ -155,27 +72,27 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
     }
     require_non_empty("spec.topic", &spec.topic)?;
 
-    let config = CdcWorkerConfig {
+    let config = CdcSettings {
         source: owner.worker_identity(),
-        postgres: Postgres {
+        postgres: PostgresSettings {
             host: pg.host.clone(),
             port,
             database: pg.database.clone(),
             ssl_mode: pg.ssl_mode,
         },
-        publication: Publication {
+        publication: PublicationSettings {
             name: spec.publication.name.clone(),
             tables: spec.publication.tables.clone(),
             create: spec.publication.create,
         },
-        slot: Slot {
+        slot: SlotSettings {
             name: spec.slot.name.clone(),
             create: spec.slot.create,
         },
-        capture: Capture {
+        capture: CaptureSettings {
             mode: cap.mode,
             table: cap.table.clone(),
-            columns: Columns {
+            columns: OrderLineColumns {
                 order_id: cap.columns.order_id.clone(),
                 product_id: cap.columns.product_id.clone(),
                 quantity: cap.columns.quantity.clone(),
@@ -185,10 +102,10 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
         topic: spec.topic.clone(),
         snapshot_mode: spec.snapshot_mode,
         heartbeat_interval: duration_ms("spec.heartbeatInterval", &spec.heartbeat_interval)?,
-        kafka: WorkerKafka::from_connection("spec.kafka", &spec.kafka)?,
-        admin_listen: pod::ADMIN_LISTEN_DEFAULT,
+        kafka: kafka_settings("spec.kafka", &spec.kafka)?,
+        admin_listen: pod::ADMIN_LISTEN,
     };
-    let config_json = render_json(&config)?;
+    let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, None);
 
     let labels = recommended_labels(&owner.name, Component::Cdc, &spec.image);

@@ -3,13 +3,14 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use serde::Serialize;
+use kartflow_wire::config::InventoryRules;
+use kartflow_wire::config::inventory::{InventorySettings, Processing, SavepointSettings, Topics};
 
 use super::labels::{pod_labels, recommended_labels, selector_labels};
 use super::pod::{self, WorkerPod};
 use super::{
-    BuildError, Component, Owner, WorkerKafka, cluster_ip_service, config_map, deployment,
-    duration_ms, recreate, render_json, require_non_empty, spec_hash,
+    BuildError, Component, Owner, cluster_ip_service, config_map, deployment, duration_ms,
+    kafka_settings, recreate, render_config, require_non_empty, spec_hash,
 };
 use crate::crd::InventoryPipeline;
 use crate::crd::inventory_pipeline::{AlertThresholds, PipelineTopics};
@@ -28,52 +29,6 @@ pub struct PipelineChildren {
     pub service: Service,
     /// The pod template's `kartflow.io/spec-hash`: config, image and restart nonce.
     pub spec_hash: String,
-}
-
-/// The inventory worker's config file: the subset of the worker's `InventorySettings`
-/// (`workers/src/inventory/runtime/settings.rs`, `deny_unknown_fields`) the operator sets;
-/// the rest keeps the worker's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InventoryWorkerConfig {
-    pipeline: String,
-    kafka: WorkerKafka,
-    topics: Topics,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bootstrap_products_file: Option<String>,
-    rules: Rules,
-    savepoints: Savepoints,
-    admin_listen: &'static str,
-}
-
-/// No `changelog`: the worker derives `<pipeline>-inventory-changelog`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Topics {
-    product_updates: String,
-    order_events: String,
-    products: String,
-    inventory_events: String,
-    inventory_alerts: String,
-    websocket_fanout: String,
-    dlq: String,
-}
-
-/// The worker's `InventoryConfig`; durations as whole milliseconds (how its `Millis`
-/// serializes).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Rules {
-    low_stock_threshold: i64,
-    critical_stock_threshold: i64,
-    price_drop_percent: f64,
-    stale_after: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Savepoints {
-    storage_url: String,
 }
 
 /// Builds the pipeline's children, refusing (with the JSON path) any value the worker would
@@ -107,18 +62,19 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
     };
     let savepoint_dir = file_savepoint_dir(&spec.savepoint_url)?;
 
-    let config = InventoryWorkerConfig {
+    let config = InventorySettings {
         pipeline: owner.worker_identity(),
-        kafka: WorkerKafka::from_connection("spec.kafka", &spec.kafka)?,
+        kafka: kafka_settings("spec.kafka", &spec.kafka)?,
         topics: topics(&spec.topics)?,
-        bootstrap_products_file: bootstrap.map(|r| format!("{BOOTSTRAP_DIR}/{}", r.key)),
+        bootstrap_products_file: bootstrap.map(|r| format!("{BOOTSTRAP_DIR}/{}", r.key).into()),
         rules: rules(&spec.alerts)?,
-        savepoints: Savepoints {
+        savepoints: SavepointSettings {
             storage_url: spec.savepoint_url.clone(),
         },
-        admin_listen: pod::ADMIN_LISTEN_DEFAULT,
+        processing: Processing::default(),
+        admin_listen: pod::ADMIN_LISTEN,
     };
-    let config_json = render_json(&config)?;
+    let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, spec.restart_nonce);
 
     let labels = recommended_labels(&owner.name, Component::Inventory, &spec.image);
@@ -214,10 +170,12 @@ fn topics(t: &PipelineTopics) -> Result<Topics, BuildError> {
         inventory_alerts: t.inventory_alerts.clone(),
         websocket_fanout: t.websocket_fanout.clone(),
         dlq: t.dlq.clone(),
+        // The worker derives `<pipeline>-inventory-changelog`.
+        changelog: String::new(),
     })
 }
 
-fn rules(a: &AlertThresholds) -> Result<Rules, BuildError> {
+fn rules(a: &AlertThresholds) -> Result<InventoryRules, BuildError> {
     if a.low_stock < 0 {
         return Err(BuildError::invalid("spec.alerts.lowStock", "must be >= 0"));
     }
@@ -236,11 +194,13 @@ fn rules(a: &AlertThresholds) -> Result<Rules, BuildError> {
             "must be between 1 and 100",
         ));
     }
-    Ok(Rules {
+    Ok(InventoryRules {
         low_stock_threshold: a.low_stock,
         critical_stock_threshold: a.critical_stock,
         price_drop_percent: f64::from(a.price_drop_percent),
         stale_after: duration_ms("spec.alerts.staleAfter", &a.stale_after)?,
+        // Not in the CRD: the worker's defaults.
+        ..InventoryRules::default()
     })
 }
 
@@ -369,9 +329,21 @@ mod tests {
                     "lowStockThreshold": 9,
                     "criticalStockThreshold": 3,
                     "priceDropPercent": 15.0,
-                    "staleAfter": 1_800_000
+                    // Not in the CRD: the worker's defaults, written out so the file shows
+                    // every value in force.
+                    "priceChangeEpsilon": 0.01,
+                    "staleAfter": 1_800_000,
+                    "orphanMaxPerProduct": 1000,
+                    "orphanMaxAge": 600_000,
+                    "dedupRetention": 86_400_000
                 },
                 "savepoints": {"storageUrl": "s3://bucket/savepoints"},
+                "processing": {
+                    "maxBatchRecords": 2000,
+                    "maxBatchMs": 100,
+                    "tickIntervalMs": 1000,
+                    "createTopics": true
+                },
                 "adminListen": "0.0.0.0:8080"
             })
         );
@@ -385,80 +357,18 @@ mod tests {
         );
     }
 
-    /// Field names of `pub struct <name>` in a workers source file, camelCased as serde's
-    /// `rename_all = "camelCase"` does.
-    fn worker_fields(file: &str, name: &str) -> Vec<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../workers/src")
-            .join(file);
-        let src = std::fs::read_to_string(&path).expect("worker source readable");
-        let start = src
-            .find(&format!("pub struct {name} {{"))
-            .unwrap_or_else(|| panic!("{name} in {file}"));
-        let body = &src[start..];
-        let body = &body[body.find('{').expect("{") + 1..body.find("\n}").expect("}")];
-        body.lines()
-            .filter_map(|l| l.trim().strip_prefix("pub "))
-            .filter_map(|l| l.split_once(':'))
-            .map(|(f, _)| {
-                let mut out = String::new();
-                let mut upper = false;
-                for ch in f.trim().chars() {
-                    if ch == '_' {
-                        upper = true;
-                    } else if upper {
-                        out.push(ch.to_ascii_uppercase());
-                        upper = false;
-                    } else {
-                        out.push(ch);
-                    }
-                }
-                out
-            })
-            .collect()
-    }
-
-    /// The worker refuses unknown fields, so every key we write must be one of its fields.
+    /// The rendered file is what the worker parses: unknown fields refused, every value valid.
     #[test]
-    fn every_key_is_a_field_of_the_workers_settings() {
+    fn the_worker_accepts_the_rendered_file() {
         let c = build(json!({
             "kafka": {"bootstrapServers": "k:9092", "secretRef": {"name": "s"}},
             "bootstrapProducts": {"name": "p", "key": "p.json"},
         }));
-        let v = config_json(&c);
-        let check = |value: &Value, file: &str, name: &str| {
-            let fields = worker_fields(file, name);
-            assert!(!fields.is_empty(), "{name}");
-            for key in value.as_object().expect("object").keys() {
-                assert!(
-                    fields.contains(key),
-                    "{key} is not a field of {name}: {fields:?}"
-                );
-            }
-        };
-        check(&v, "inventory/runtime/settings.rs", "InventorySettings");
-        check(&v["kafka"], "kafka/mod.rs", "KafkaSettings");
-        check(&v["topics"], "inventory/runtime/settings.rs", "Topics");
-        check(&v["rules"], "inventory/config.rs", "InventoryConfig");
-        check(
-            &v["savepoints"],
-            "inventory/runtime/settings.rs",
-            "SavepointSettings",
-        );
-        // Shapes the worker's types accept: Millis takes integer ms, adminListen a SocketAddr.
-        assert!(v["rules"]["staleAfter"].is_u64());
-        assert!(v["rules"]["priceDropPercent"].is_number());
-        v["adminListen"]
-            .as_str()
-            .expect("string")
-            .parse::<std::net::SocketAddr>()
-            .expect("socket address");
-        // The pipeline id passes the worker's check (letters, digits, '-', '_', '.').
-        let id = v["pipeline"].as_str().expect("string");
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        );
+        let text = &c.config_map.data.as_ref().expect("data")["config.json"];
+        let parsed: InventorySettings =
+            kartflow_wire::config::parse_json("config.json".as_ref(), text).expect("parses");
+        kartflow_wire::config::WorkerConfig::validate(&parsed).expect("valid");
+        assert_eq!(parsed.pipeline, "prod.shop");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kartflow_wire::config::{ConfigError, KafkaSettings, Millis, WorkerConfig};
 use kube::Resource;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -87,6 +88,10 @@ pub enum BuildError {
     /// A worker config failed to serialize (not expected with the plain structs used).
     #[error("rendering the worker configuration: {0}")]
     Render(#[from] serde_json::Error),
+    /// The worker would refuse the configuration built from this spec at start; the builders
+    /// check the CR's fields first, so this is a safety net that names the file's field.
+    #[error("the worker would refuse its configuration: {0}")]
+    WorkerConfig(#[source] ConfigError),
 }
 
 impl BuildError {
@@ -220,7 +225,7 @@ pub(crate) fn require_non_empty(field: &str, value: &str) -> Result<(), BuildErr
 
 /// A CR duration (`30s`, `1h`) as the whole milliseconds the worker configs carry; at least
 /// 1 ms and small enough for the workers' signed epoch-millisecond arithmetic.
-pub(crate) fn duration_ms(field: &str, value: &str) -> Result<u64, BuildError> {
+pub(crate) fn duration_ms(field: &str, value: &str) -> Result<Millis, BuildError> {
     let d = crate::units::parse_duration(value)
         .map_err(|e| BuildError::invalid(field, e.to_string()))?;
     let ms = u64::try_from(d.as_millis())
@@ -230,35 +235,32 @@ pub(crate) fn duration_ms(field: &str, value: &str) -> Result<u64, BuildError> {
     if ms == 0 {
         return Err(BuildError::invalid(field, "must be longer than 0"));
     }
-    Ok(ms)
+    Ok(Millis(ms))
 }
 
-/// The `kafka` object of every worker config (the workers' `KafkaSettings`). Credentials are
-/// never in it: they stay in the Secret mounted at `propertiesFile`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerKafka {
-    pub bootstrap_servers: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub properties_file: Option<String>,
+/// The `kafka` object of every worker config, from a CR's connection at JSON path `field`
+/// (e.g. `spec.kafka`). Credentials are never in it: they stay in the Secret mounted at
+/// `propertiesFile`.
+pub(crate) fn kafka_settings(
+    field: &str,
+    k: &KafkaConnection,
+) -> Result<KafkaSettings, BuildError> {
+    require_non_empty(&format!("{field}.bootstrapServers"), &k.bootstrap_servers)?;
+    Ok(KafkaSettings {
+        bootstrap_servers: k.bootstrap_servers.clone(),
+        properties: BTreeMap::new(),
+        properties_file: k
+            .secret_ref
+            .as_ref()
+            .map(|_| pod::KAFKA_PROPERTIES_FILE.into()),
+    })
 }
 
-impl WorkerKafka {
-    /// From a CR's connection at JSON path `field` (e.g. `spec.kafka`).
-    pub(crate) fn from_connection(field: &str, k: &KafkaConnection) -> Result<Self, BuildError> {
-        require_non_empty(&format!("{field}.bootstrapServers"), &k.bootstrap_servers)?;
-        Ok(Self {
-            bootstrap_servers: k.bootstrap_servers.clone(),
-            properties_file: k
-                .secret_ref
-                .as_ref()
-                .map(|_| pod::KAFKA_PROPERTIES_FILE.to_owned()),
-        })
-    }
-}
-
-/// Pretty JSON (stable field order: struct order), as stored in the ConfigMap and hashed.
-pub(crate) fn render_json<T: Serialize>(config: &T) -> Result<String, BuildError> {
+/// The worker's file as stored in the ConfigMap and hashed: pretty JSON in struct order, after
+/// the same validation the worker runs at start, so the operator never renders a file its
+/// worker refuses.
+pub(crate) fn render_config<T: WorkerConfig + Serialize>(config: &T) -> Result<String, BuildError> {
+    config.validate().map_err(BuildError::WorkerConfig)?;
     let mut text = serde_json::to_string_pretty(config)?;
     text.push('\n');
     Ok(text)
@@ -429,8 +431,8 @@ mod tests {
 
     #[test]
     fn durations_become_positive_millis() {
-        assert_eq!(duration_ms("f", "30s").expect("ok"), 30_000);
-        assert_eq!(duration_ms("f", "1h").expect("ok"), 3_600_000);
+        assert_eq!(duration_ms("f", "30s").expect("ok"), Millis(30_000));
+        assert_eq!(duration_ms("f", "1h").expect("ok"), Millis(3_600_000));
         for bad in ["0s", "1w", "", "99999999999999999d"] {
             match duration_ms("spec.x", bad) {
                 Err(BuildError::InvalidSpec { field, .. }) => assert_eq!(field, "spec.x"),

@@ -19,11 +19,11 @@ use crate::crd::common::KafkaConnection;
 
 /// The worker container's name in every pod.
 pub const CONTAINER_NAME: &str = "worker";
-/// Admin HTTP (`/healthz`, `/readyz`, `/metrics`, worker APIs) of every worker.
-pub const ADMIN_PORT: i32 = 8080;
+/// `adminListen` written into config files: admin HTTP (`/healthz`, `/readyz`, `/metrics`,
+/// worker APIs) of every worker. `KARTFLOW_ADMIN_LISTEN` overrides it with the pod IP.
+pub const ADMIN_LISTEN: std::net::SocketAddr = kartflow_wire::config::DEFAULT_ADMIN_LISTEN;
+pub const ADMIN_PORT: i32 = ADMIN_LISTEN.port() as i32;
 pub const ADMIN_PORT_NAME: &str = "admin";
-/// `adminListen` written into config files; `KARTFLOW_ADMIN_LISTEN` overrides it with the pod IP.
-pub const ADMIN_LISTEN_DEFAULT: &str = "0.0.0.0:8080";
 /// The non-root user and group the workers run as (distroless `nonroot`).
 pub const RUN_AS_ID: i64 = 65532;
 

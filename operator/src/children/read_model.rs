@@ -1,25 +1,8 @@
 //! Children of a `ReadModel`: broadcast read replicas (Deployment), their Service, an HPA on CPU
 //! when autoscaling is on, and a PodDisruptionBudget.
 //!
-//! The `kartflow-worker read-model --config FILE` role is not written yet; this module defines
-//! its contract. The config file (JSON, camelCase):
-//!
-//! ```json
-//! {
-//!   "readModel": "<namespace>.<name>",
-//!   "kafka": {"bootstrapServers": "kafka:9092", "propertiesFile": "/etc/kartflow/kafka/client.properties"},
-//!   "topics": {"products": "products", "inventoryEvents": "inventory-events"},
-//!   "httpListen": "0.0.0.0:8000",
-//!   "websocket": {"enabled": true, "path": "/ws", "maxConnections": 10000},
-//!   "adminListen": "0.0.0.0:8080"
-//! }
-//! ```
-//!
-//! - Every replica reads every partition of both topics (assigned, no consumer group: `readModel`
-//!   is for client ids and logs) and serves the whole view; `/readyz` is 200 only once caught up.
-//! - `propertiesFile` is omitted when there is no Kafka Secret.
-//! - Env as every worker (`POD_NAME`, `KARTFLOW_ADMIN_LISTEN`, …) plus
-//!   `KARTFLOW_HTTP_LISTEN=$(POD_IP):<port>`, which overrides `httpListen`.
+//! The worker's file is [`kartflow_wire::config::ReadModelSettings`]. The pods also get
+//! `KARTFLOW_HTTP_LISTEN=$(POD_IP):<port>`, which overrides its `httpListen`.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
@@ -31,17 +14,19 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
+use kartflow_wire::config::ReadModelSettings;
+use kartflow_wire::config::read_model::{self as contract, WebSocketSettings};
 
 use super::labels::{recommended_labels, selector_labels};
 use super::pod::{self, WorkerPod};
 use super::{
-    BuildError, Component, Owner, WorkerKafka, cluster_ip_service, config_map, deployment,
-    render_json, require_non_empty, spec_hash,
+    BuildError, Component, Owner, cluster_ip_service, config_map, deployment, kafka_settings,
+    render_config, require_non_empty, spec_hash,
 };
 use crate::crd::common::KafkaConnection;
 use crate::crd::read_model::{Autoscaling, ReadModelTopics};
 use crate::crd::{InventoryPipeline, ReadModel};
+use kartflow_wire::config::KafkaSettings;
 
 /// Name of the REST/WebSocket port.
 pub const HTTP_PORT_NAME: &str = "http";
@@ -63,25 +48,6 @@ pub struct ReadModelChildren {
     pub resolved_topics: ReadModelTopics,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReadModelWorkerConfig {
-    read_model: String,
-    kafka: WorkerKafka,
-    topics: ReadModelTopics,
-    http_listen: String,
-    websocket: WebSocket,
-    admin_listen: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct WebSocket {
-    enabled: bool,
-    path: String,
-    max_connections: i32,
-}
-
 /// Builds the read model's children. `pipeline` is the InventoryPipeline named by
 /// `spec.source.pipelineRef`, as the controller found it in the namespace (or `None`).
 pub fn read_model(
@@ -99,7 +65,8 @@ pub fn read_model(
         topics,
     } = resolve_source(rm, &owner, pipeline)?;
 
-    if !(1..=65535).contains(&spec.port) || spec.port == pod::ADMIN_PORT {
+    let http_port = u16::try_from(spec.port).ok().filter(|p| *p > 0);
+    let Some(http_port) = http_port.filter(|_| spec.port != pod::ADMIN_PORT) else {
         return Err(BuildError::invalid(
             "spec.port",
             format!(
@@ -108,18 +75,12 @@ pub fn read_model(
                 spec.port
             ),
         ));
-    }
+    };
     let ws = &spec.websocket;
     if !ws.path.starts_with('/') {
         return Err(BuildError::invalid(
             "spec.websocket.path",
             "must start with '/'",
-        ));
-    }
-    if ws.max_connections < 1 {
-        return Err(BuildError::invalid(
-            "spec.websocket.maxConnections",
-            "must be at least 1",
         ));
     }
     if spec.max_unavailable < 1 {
@@ -135,19 +96,22 @@ pub fn read_model(
         return Err(BuildError::invalid("spec.replicas", "must be at least 0"));
     }
 
-    let config = ReadModelWorkerConfig {
+    let config = ReadModelSettings {
         read_model: owner.worker_identity(),
         kafka: worker_kafka,
-        topics: topics.clone(),
-        http_listen: format!("0.0.0.0:{}", spec.port),
-        websocket: WebSocket {
+        topics: contract::ReadModelTopics {
+            products: topics.products.clone(),
+            inventory_events: topics.inventory_events.clone(),
+        },
+        http_listen: std::net::SocketAddr::new(pod::ADMIN_LISTEN.ip(), http_port),
+        websocket: WebSocketSettings {
             enabled: ws.enabled,
             path: ws.path.clone(),
-            max_connections: ws.max_connections,
+            max_connections: max_connections(ws.max_connections)?,
         },
-        admin_listen: pod::ADMIN_LISTEN_DEFAULT,
+        admin_listen: pod::ADMIN_LISTEN,
     };
-    let config_json = render_json(&config)?;
+    let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, None);
 
     let labels = recommended_labels(&owner.name, Component::ReadModel, &spec.image);
@@ -268,7 +232,7 @@ pub fn read_model(
 struct Source {
     /// For the Secret mount.
     kafka: KafkaConnection,
-    worker_kafka: WorkerKafka,
+    worker_kafka: KafkaSettings,
     topics: ReadModelTopics,
 }
 
@@ -302,8 +266,7 @@ fn resolve_source(
                 other => other,
             };
             validate_topics("spec.topics", &topics).map_err(in_pipeline)?;
-            let worker_kafka =
-                WorkerKafka::from_connection("spec.kafka", &p.spec.kafka).map_err(in_pipeline)?;
+            let worker_kafka = kafka_settings("spec.kafka", &p.spec.kafka).map_err(in_pipeline)?;
             Ok(Source {
                 kafka: p.spec.kafka.clone(),
                 worker_kafka,
@@ -315,7 +278,7 @@ fn resolve_source(
             validate_topics("spec.source.topics", &topics)?;
             Ok(Source {
                 kafka: k.clone(),
-                worker_kafka: WorkerKafka::from_connection("spec.source.kafka", k)?,
+                worker_kafka: kafka_settings("spec.source.kafka", k)?,
                 topics,
             })
         }
@@ -329,6 +292,13 @@ fn resolve_source(
 fn validate_topics(field: &str, t: &ReadModelTopics) -> Result<(), BuildError> {
     require_non_empty(&format!("{field}.products"), &t.products)?;
     require_non_empty(&format!("{field}.inventoryEvents"), &t.inventory_events)
+}
+
+fn max_connections(value: i32) -> Result<u32, BuildError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| BuildError::invalid("spec.websocket.maxConnections", "must be at least 1"))
 }
 
 fn validate_autoscaling(a: &Autoscaling, rm: &ReadModel) -> Result<(), BuildError> {

@@ -1,6 +1,8 @@
 //! `CdcSource`: a PostgreSQL logical replication slot streamed into Kafka, and the slot guard
 //! that keeps a forgotten slot from filling the database's disk.
 
+// The modes are the worker contract's own enums: one definition for the CRD and the file.
+pub use kartflow_wire::config::cdc::{CaptureMode, SnapshotMode, SslMode};
 use kartflow_wire::topics;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -92,17 +94,6 @@ fn default_port() -> i32 {
     5432
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
 /// The publication the slot streams.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -170,14 +161,6 @@ impl Default for Capture {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum CaptureMode {
-    #[default]
-    Table,
-    Outbox,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OrderLineColumns {
@@ -194,14 +177,6 @@ impl Default for OrderLineColumns {
             quantity: "quantity".into(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum SnapshotMode {
-    #[default]
-    Initial,
-    Never,
 }
 
 /// The replication-slot guard: measures retained WAL every interval, warns past `warnRetainedWal`

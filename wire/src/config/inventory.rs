@@ -1,15 +1,17 @@
-//! The inventory worker's configuration file (JSON, camelCase; the operator renders it into a
-//! ConfigMap) with environment overrides, validated at start with the failing field named.
+//! The inventory worker's file (`kartflow-worker inventory`), rendered by the operator from an
+//! `InventoryPipeline`. Environment overrides besides the common ones:
+//! `KARTFLOW_SAVEPOINT_STORAGE` (`savepoints.storageUrl`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use kartflow_wire::topics;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::inventory::InventoryConfig;
-use crate::kafka::{KafkaSettings, KafkaSettingsError};
+use super::{
+    ConfigError, InventoryRules, KafkaSettings, WorkerConfig, apply_common_env,
+    default_admin_listen, require_identity, require_non_empty,
+};
+use crate::topics;
 
 /// Everything the inventory worker reads at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +26,7 @@ pub struct InventorySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_products_file: Option<PathBuf>,
     #[serde(default)]
-    pub rules: InventoryConfig,
+    pub rules: InventoryRules,
     #[serde(default)]
     pub savepoints: SavepointSettings,
     #[serde(default)]
@@ -45,7 +47,8 @@ pub struct Topics {
     pub inventory_alerts: String,
     pub websocket_fanout: String,
     pub dlq: String,
-    /// The compacted state changelog; empty means `<pipeline>-inventory-changelog`.
+    /// The compacted state changelog; empty (or absent) means `<pipeline>-inventory-changelog`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub changelog: String,
 }
 
@@ -105,87 +108,17 @@ impl Default for Processing {
     }
 }
 
-fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-
-#[derive(Debug, Error)]
-pub enum SettingsError {
-    #[error("cannot read the configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("configuration file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{field}: {problem}")]
-    Invalid { field: String, problem: String },
-    #[error(transparent)]
-    Kafka(#[from] KafkaSettingsError),
-    #[error("environment variable {var}={value:?} is not valid: {problem}")]
-    Env {
-        var: &'static str,
-        value: String,
-        problem: String,
-    },
-}
-
-impl InventorySettings {
-    /// Reads `path`, applies `KARTFLOW_*` overrides from `env`, and validates.
-    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut settings: Self =
-            serde_json::from_str(&text).map_err(|source| SettingsError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
-        settings.apply_env(env)?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// Overrides for what differs per environment rather than per pipeline.
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
-        if let Some(v) = env("KARTFLOW_KAFKA_BOOTSTRAP") {
-            self.kafka.bootstrap_servers = v;
-        }
+impl WorkerConfig for InventorySettings {
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        apply_common_env(&mut self.kafka, &mut self.admin_listen, env)?;
         if let Some(v) = env("KARTFLOW_SAVEPOINT_STORAGE") {
             self.savepoints.storage_url = v;
-        }
-        if let Some(v) = env("KARTFLOW_ADMIN_LISTEN") {
-            self.admin_listen =
-                v.parse()
-                    .map_err(|e: std::net::AddrParseError| SettingsError::Env {
-                        var: "KARTFLOW_ADMIN_LISTEN",
-                        value: v.clone(),
-                        problem: e.to_string(),
-                    })?;
         }
         Ok(())
     }
 
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        let invalid = |field: &str, problem: &str| SettingsError::Invalid {
-            field: field.to_owned(),
-            problem: problem.to_owned(),
-        };
-        if self.pipeline.is_empty()
-            || !self
-                .pipeline
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(invalid(
-                "pipeline",
-                "must be non-empty and use only letters, digits, '-', '_' and '.'",
-            ));
-        }
+    fn validate(&self) -> Result<(), ConfigError> {
+        require_identity("pipeline", &self.pipeline)?;
         self.kafka.validate()?;
         let t = &self.topics;
         for (field, name) in [
@@ -197,34 +130,34 @@ impl InventorySettings {
             ("topics.websocketFanout", &t.websocket_fanout),
             ("topics.dlq", &t.dlq),
         ] {
-            if name.trim().is_empty() {
-                return Err(invalid(field, "must not be empty"));
-            }
+            require_non_empty(field, name)?;
         }
         if t.product_updates == t.order_events {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "topics.orderEvents",
                 "must differ from topics.productUpdates",
             ));
         }
-        self.rules.validate().map_err(|e| SettingsError::Invalid {
-            field: format!("rules.{}", e.field),
-            problem: e.problem.clone(),
-        })?;
+        self.rules.validate().map_err(|e| e.within("rules"))?;
         if self.processing.max_batch_records == 0 {
-            return Err(invalid("processing.maxBatchRecords", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "processing.maxBatchRecords",
+                "must be at least 1",
+            ));
         }
         if self.processing.max_batch_ms == 0 || self.processing.tick_interval_ms == 0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "processing.maxBatchMs",
                 "maxBatchMs and tickIntervalMs must be at least 1",
             ));
         }
         url::Url::parse(&self.savepoints.storage_url)
-            .map_err(|e| invalid("savepoints.storageUrl", &e.to_string()))?;
+            .map_err(|e| ConfigError::invalid("savepoints.storageUrl", e.to_string()))?;
         Ok(())
     }
+}
 
+impl InventorySettings {
     /// The changelog topic name in force.
     pub fn changelog_topic(&self) -> String {
         if self.topics.changelog.is_empty() {
@@ -243,88 +176,69 @@ impl InventorySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::testutil::{assert_contract, parse};
 
     fn base() -> serde_json::Value {
         serde_json::json!({"pipeline": "shop", "kafka": {"bootstrapServers": "k:9092"}})
     }
 
-    fn parse(v: serde_json::Value) -> Result<InventorySettings, SettingsError> {
-        let s: InventorySettings =
-            serde_json::from_value(v).map_err(|source| SettingsError::Parse {
-                path: "inline".into(),
-                source,
-            })?;
-        s.validate()?;
-        Ok(s)
-    }
-
     #[test]
     fn minimal_file_gets_reference_defaults() {
-        let s = parse(base()).expect("valid");
+        let s: InventorySettings = parse(base()).expect("valid");
         assert_eq!(s.topics.order_events, "order-events");
         assert_eq!(s.changelog_topic(), "shop-inventory-changelog");
         assert_eq!(s.group_id(), "kartflow-shop");
         assert_eq!(s.processing.max_batch_records, 2_000);
+        assert_eq!(s.admin_listen, crate::config::DEFAULT_ADMIN_LISTEN);
     }
 
     #[test]
-    fn invalid_values_name_their_field() {
-        let cases = [
-            (serde_json::json!({"pipeline": ""}), "pipeline"),
-            (
-                serde_json::json!({"kafka": {"bootstrapServers": " "}}),
-                "kafka.bootstrapServers",
-            ),
-            (serde_json::json!({"topics": {"dlq": ""}}), "topics.dlq"),
-            (
-                serde_json::json!({"topics": {"orderEvents": "product-updates"}}),
-                "topics.orderEvents",
-            ),
-            (
-                serde_json::json!({"processing": {"maxBatchRecords": 0}}),
-                "processing.maxBatchRecords",
-            ),
-            (
-                serde_json::json!({"savepoints": {"storageUrl": "not a url"}}),
-                "savepoints.storageUrl",
-            ),
-            (
-                serde_json::json!({"rules": {"priceDropPercent": -1.0}}),
-                "rules.",
-            ),
-        ];
-        for (patch, field) in cases {
-            let mut v = base();
-            for (k, val) in patch.as_object().expect("object") {
-                v[k] = val.clone();
-            }
-            let err = parse(v).expect_err(field);
-            assert!(err.to_string().contains(field), "{field}: {err}");
-        }
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let mut v = base();
-        v["paralelism"] = serde_json::json!(2);
-        let err = parse(v).expect_err("typo");
-        assert!(err.to_string().contains("paralelism"), "{err}");
+    fn contract_round_trips_and_names_invalid_fields() {
+        let mut full = base();
+        full["topics"] = serde_json::json!({"changelog": "cl", "dlq": "dead"});
+        full["bootstrapProductsFile"] = serde_json::json!("/etc/p.json");
+        full["rules"] = serde_json::json!({"staleAfter": "30m"});
+        assert_contract::<InventorySettings>(
+            full,
+            &[
+                (serde_json::json!({"pipeline": ""}), "pipeline"),
+                (serde_json::json!({"pipeline": "a b"}), "pipeline"),
+                (
+                    serde_json::json!({"kafka": {"bootstrapServers": " "}}),
+                    "kafka.bootstrapServers",
+                ),
+                (serde_json::json!({"topics": {"dlq": ""}}), "topics.dlq"),
+                (
+                    serde_json::json!({"topics": {"orderEvents": "product-updates"}}),
+                    "topics.orderEvents",
+                ),
+                (
+                    serde_json::json!({"processing": {"maxBatchRecords": 0}}),
+                    "processing.maxBatchRecords",
+                ),
+                (
+                    serde_json::json!({"savepoints": {"storageUrl": "not a url"}}),
+                    "savepoints.storageUrl",
+                ),
+                (
+                    serde_json::json!({"rules": {"priceDropPercent": -1.0}}),
+                    "rules.priceDropPercent",
+                ),
+                (serde_json::json!({"topics": {"dlqq": "x"}}), "dlqq"),
+            ],
+        );
     }
 
     #[test]
     fn environment_overrides_apply() {
-        let mut s = parse(base()).expect("valid");
-        s.apply_env(|k| match k {
+        let mut s: InventorySettings = parse(base()).expect("valid");
+        s.apply_env(&|k| match k {
             "KARTFLOW_KAFKA_BOOTSTRAP" => Some("other:1".into()),
-            "KARTFLOW_ADMIN_LISTEN" => Some("127.0.0.1:9999".into()),
+            "KARTFLOW_SAVEPOINT_STORAGE" => Some("s3://b/p".into()),
             _ => None,
         })
         .expect("valid overrides");
         assert_eq!(s.kafka.bootstrap_servers, "other:1");
-        assert_eq!(s.admin_listen.port(), 9999);
-        let err = s
-            .apply_env(|k| (k == "KARTFLOW_ADMIN_LISTEN").then(|| "nope".into()))
-            .expect_err("bad address");
-        assert!(err.to_string().contains("KARTFLOW_ADMIN_LISTEN"));
+        assert_eq!(s.savepoints.storage_url, "s3://b/p");
     }
 }

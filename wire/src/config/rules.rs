@@ -1,13 +1,12 @@
-//! Thresholds of the inventory rules. Read from the worker's config file (camelCase, every field
-//! optional with the reference default) and checked by [`InventoryConfig::validate`] at start-up,
-//! so a bad value fails fast with its field named instead of misbehaving at run time.
+//! Thresholds of the inventory rules (`rules` in the inventory worker's file): camelCase, every
+//! field optional with the reference default, checked by [`InventoryRules::validate`] at start-up
+//! so a bad value fails fast with its field named instead of misbehaving at run time. The rule
+//! predicates live here too: each is the documented meaning of its threshold.
 
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
-use kartflow_wire::Severity;
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use thiserror::Error;
+use super::{ConfigError, Millis};
+use crate::Severity;
 
 /// Thresholds and bounds of the inventory state machine.
 ///
@@ -21,7 +20,7 @@ use thiserror::Error;
 /// low-stock alerts off (out-of-stock alerts remain).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct InventoryConfig {
+pub struct InventoryRules {
     /// LOW_STOCK when `0 < inventory <= lowStockThreshold`.
     pub low_stock_threshold: i64,
     /// A LOW_STOCK alert is CRITICAL when `inventory <= criticalStockThreshold`, else WARNING.
@@ -43,7 +42,7 @@ pub struct InventoryConfig {
     pub dedup_retention: Millis,
 }
 
-impl Default for InventoryConfig {
+impl Default for InventoryRules {
     fn default() -> Self {
         Self {
             low_stock_threshold: 10,
@@ -58,38 +57,23 @@ impl Default for InventoryConfig {
     }
 }
 
-/// A configuration value out of its allowed range; `field` is the camelCase name in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid inventory configuration: {field}: {problem}")]
-pub struct ConfigError {
-    pub field: &'static str,
-    pub problem: String,
-}
-
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field,
-        problem: problem.into(),
-    }
-}
-
-impl InventoryConfig {
+impl InventoryRules {
     /// Checks every field; the first bad one is reported by name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.low_stock_threshold < 0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "lowStockThreshold",
                 format!("must be >= 0, got {}", self.low_stock_threshold),
             ));
         }
         if self.critical_stock_threshold < 0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "criticalStockThreshold",
                 format!("must be >= 0, got {}", self.critical_stock_threshold),
             ));
         }
         if self.critical_stock_threshold > self.low_stock_threshold {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "criticalStockThreshold",
                 format!(
                     "must be <= lowStockThreshold ({}), got {}",
@@ -99,14 +83,14 @@ impl InventoryConfig {
         }
         let pct = self.price_drop_percent;
         if !pct.is_finite() || pct <= 0.0 || pct > 100.0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "priceDropPercent",
                 format!("must be in (0, 100], got {pct}"),
             ));
         }
         let eps = self.price_change_epsilon;
         if !eps.is_finite() || eps < 0.0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "priceChangeEpsilon",
                 format!("must be a finite number >= 0, got {eps}"),
             ));
@@ -117,15 +101,21 @@ impl InventoryConfig {
             ("dedupRetention", self.dedup_retention),
         ] {
             if value.0 == 0 {
-                return Err(invalid(field, "must be longer than 0"));
+                return Err(ConfigError::invalid(field, "must be longer than 0"));
             }
             // Deadlines are computed as `now_ms + duration` in i64 epoch milliseconds.
             if i64::try_from(value.0).is_err() {
-                return Err(invalid(field, format!("{} ms is too long", value.0)));
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{} ms is too long", value.0),
+                ));
             }
         }
         if self.orphan_max_per_product == 0 {
-            return Err(invalid("orphanMaxPerProduct", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "orphanMaxPerProduct",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -161,100 +151,6 @@ impl InventoryConfig {
     }
 }
 
-/// A duration in milliseconds. In the config file it is either an integer number of
-/// milliseconds or a string with a unit: `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"7d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Millis(pub u64);
-
-impl Millis {
-    pub const fn from_minutes(m: u64) -> Self {
-        Self(m * 60_000)
-    }
-
-    pub const fn from_hours(h: u64) -> Self {
-        Self(h * 3_600_000)
-    }
-
-    /// As signed epoch-millisecond arithmetic wants it; saturates for values `validate` rejects.
-    pub fn as_i64(self) -> i64 {
-        i64::try_from(self.0).unwrap_or(i64::MAX)
-    }
-
-    /// Parses `"<integer><unit>"` with unit `ms`, `s`, `m`, `h` or `d`, or a bare integer (ms).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        if digits.is_empty() {
-            return Err(format!(
-                "{text:?} is not a duration (expected e.g. \"30s\", \"1h\")"
-            ));
-        }
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        let scale: u64 = match unit.trim() {
-            "" | "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (use ms, s, m, h, d)"
-                ));
-            }
-        };
-        n.checked_mul(scale)
-            .map(Millis)
-            .ok_or_else(|| format!("{text:?}: duration too large"))
-    }
-}
-
-impl fmt::Display for Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
-    }
-}
-
-impl Serialize for Millis {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MillisVisitor;
-
-        impl Visitor<'_> for MillisVisitor {
-            type Value = Millis;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("milliseconds as an integer, or a string such as \"30s\" or \"1h\"")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
-                Ok(Millis(v))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
-                u64::try_from(v)
-                    .map(Millis)
-                    .map_err(|_| E::custom(format!("duration must not be negative, got {v}")))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
-                Millis::parse(v).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_any(MillisVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,23 +158,23 @@ mod tests {
 
     #[test]
     fn defaults_are_the_reference_thresholds_and_valid() {
-        let c = InventoryConfig::default();
+        let c = InventoryRules::default();
         assert_eq!(c.low_stock_threshold, 10);
         assert_eq!(c.critical_stock_threshold, 5);
         assert_eq!(c.price_drop_percent, 10.0);
         assert_eq!(c.stale_after, Millis(3_600_000));
-        assert_eq!(c.validate(), Ok(()));
+        c.validate().expect("valid");
     }
 
     #[test]
     fn empty_object_gives_defaults() {
-        let c: InventoryConfig = serde_json::from_value(json!({})).expect("parses");
-        assert_eq!(c, InventoryConfig::default());
+        let c: InventoryRules = serde_json::from_value(json!({})).expect("parses");
+        assert_eq!(c, InventoryRules::default());
     }
 
     #[test]
     fn reads_camel_case_and_duration_strings() {
-        let c: InventoryConfig = serde_json::from_value(json!({
+        let c: InventoryRules = serde_json::from_value(json!({
             "lowStockThreshold": 9, "criticalStockThreshold": 3, "priceDropPercent": 25.0,
             "staleAfter": "30m", "orphanMaxPerProduct": 7, "orphanMaxAge": 90000,
             "dedupRetention": "2d"
@@ -290,12 +186,12 @@ mod tests {
         assert_eq!(c.orphan_max_per_product, 7);
         assert_eq!(c.orphan_max_age, Millis(90_000));
         assert_eq!(c.dedup_retention, Millis(2 * 86_400_000));
-        assert_eq!(c.validate(), Ok(()));
+        c.validate().expect("valid");
     }
 
     #[test]
     fn unknown_fields_and_bad_durations_are_refused_by_name() {
-        let err = serde_json::from_value::<InventoryConfig>(json!({"lowStockTreshold": 3}))
+        let err = serde_json::from_value::<InventoryRules>(json!({"lowStockTreshold": 3}))
             .expect_err("typo refused");
         assert!(err.to_string().contains("lowStockTreshold"), "{err}");
         for bad in [
@@ -304,28 +200,14 @@ mod tests {
             json!(-5),
             json!("99999999999999999999d"),
         ] {
-            let res = serde_json::from_value::<InventoryConfig>(json!({ "staleAfter": bad }));
+            let res = serde_json::from_value::<InventoryRules>(json!({ "staleAfter": bad }));
             assert!(res.is_err(), "{bad} accepted");
         }
     }
 
     #[test]
-    fn duration_units() {
-        for (text, ms) in [
-            ("250", 250),
-            ("250ms", 250),
-            ("3s", 3_000),
-            ("2m", 120_000),
-            ("1h", 3_600_000),
-            ("1d", 86_400_000),
-        ] {
-            assert_eq!(Millis::parse(text), Ok(Millis(ms)), "{text}");
-        }
-    }
-
-    #[test]
     fn validate_names_the_bad_field() {
-        type Mutate = fn(&mut InventoryConfig);
+        type Mutate = fn(&mut InventoryRules);
         let cases: [(&str, Mutate); 10] = [
             ("lowStockThreshold", |c| c.low_stock_threshold = -1),
             ("criticalStockThreshold", |c| {
@@ -343,24 +225,27 @@ mod tests {
             ("orphanMaxPerProduct", |c| c.orphan_max_per_product = 0),
         ];
         for (field, mutate) in cases {
-            let mut c = InventoryConfig::default();
+            let mut c = InventoryRules::default();
             mutate(&mut c);
             let err = c.validate().expect_err(field);
-            assert_eq!(err.field, field);
+            assert!(
+                matches!(&err, ConfigError::Invalid { field: f, .. } if f == field),
+                "{field}: {err:?}"
+            );
             assert!(err.to_string().contains(field), "{err}");
         }
     }
 
     #[test]
     fn low_stock_rule_is_inclusive_and_configurable() {
-        let c = InventoryConfig::default();
+        let c = InventoryRules::default();
         assert!(!c.is_low_stock(0), "0 is out of stock, not low stock");
         assert!(c.is_low_stock(1));
         assert!(c.is_low_stock(10));
         assert!(!c.is_low_stock(11));
-        let reference_product_rule = InventoryConfig {
+        let reference_product_rule = InventoryRules {
             low_stock_threshold: 9,
-            ..InventoryConfig::default()
+            ..InventoryRules::default()
         };
         assert!(!reference_product_rule.is_low_stock(10));
         assert_eq!(c.low_stock_severity(5), Severity::Critical);
@@ -369,7 +254,7 @@ mod tests {
 
     #[test]
     fn price_drop_boundary_survives_rounding() {
-        let c = InventoryConfig::default();
+        let c = InventoryRules::default();
         assert!(c.is_price_drop(100.0, 90.0));
         assert!(c.is_price_drop(9.99, 8.991));
         assert!(!c.is_price_drop(100.0, 90.01));

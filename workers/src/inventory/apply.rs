@@ -21,17 +21,17 @@
 
 use kartflow_wire::{EventType, OrderLine, Product};
 
-use super::config::InventoryConfig;
+use super::InventoryRules;
 use super::emit;
 use super::io::{Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
 use super::state::{BufferedLine, KeyState, PartitionState};
 use super::validate::{validate_order_line, validate_product};
 
 /// Applies one input at processing time `now_ms` (epoch ms). `cfg` must have passed
-/// [`InventoryConfig::validate`].
+/// [`InventoryRules::validate`].
 pub fn apply(
     state: &mut PartitionState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     input: Input,
     now_ms: i64,
 ) -> Outputs {
@@ -62,7 +62,7 @@ fn dead_letter<T: serde::Serialize>(
 /// the file does not reset stock that orders have consumed since.
 fn apply_bootstrap(
     state: &mut PartitionState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     incoming: Product,
     now_ms: i64,
 ) -> Outputs {
@@ -125,7 +125,7 @@ fn merge_changed_fields(old_file: &Product, current: &Product, new_file: &Produc
 /// A `product-updates` record replaces the product record (as in the reference job).
 fn apply_product_update(
     state: &mut PartitionState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     incoming: Product,
     now_ms: i64,
 ) -> Outputs {
@@ -151,7 +151,7 @@ fn apply_product_update(
 /// Stores `incoming` as the product record and emits what changed.
 fn upsert(
     key: &mut KeyState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     incoming: Product,
     now_ms: i64,
     out: &mut Outputs,
@@ -186,7 +186,7 @@ fn upsert(
 }
 
 fn inventory_change(
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     previous: &Product,
     current: &Product,
     now_ms: i64,
@@ -226,7 +226,7 @@ fn inventory_change(
 }
 
 fn price_change(
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     previous: &Product,
     current: &Product,
     now_ms: i64,
@@ -256,7 +256,7 @@ fn price_change(
 
 fn apply_order_line(
     state: &mut PartitionState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     line: OrderLine,
     now_ms: i64,
 ) -> Outputs {
@@ -315,7 +315,7 @@ fn apply_order_line(
 /// Deducts one (already deduplicated) order line from a known product.
 fn deduct(
     key: &mut KeyState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     line: &OrderLine,
     now_ms: i64,
     out: &mut Outputs,
@@ -359,7 +359,7 @@ fn deduct(
 
 /// Applies the orphans of a key whose product is now known; expired ones go to the DLQ instead,
 /// so the outcome does not depend on whether a tick ran in between.
-fn drain_orphans(key: &mut KeyState, cfg: &InventoryConfig, now_ms: i64, out: &mut Outputs) {
+fn drain_orphans(key: &mut KeyState, cfg: &InventoryRules, now_ms: i64, out: &mut Outputs) {
     if key.product.is_none() || key.orphans.is_empty() {
         return;
     }
@@ -373,7 +373,7 @@ fn drain_orphans(key: &mut KeyState, cfg: &InventoryConfig, now_ms: i64, out: &m
 /// Moves orphans at or past `orphanMaxAge` to the DLQ. Returns whether any moved.
 fn expire_orphans(
     key: &mut KeyState,
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     now_ms: i64,
     out: &mut Outputs,
 ) -> bool {
@@ -404,7 +404,7 @@ fn expire_orphans(
     true
 }
 
-fn rearm_stale(key: &mut KeyState, cfg: &InventoryConfig, now_ms: i64) {
+fn rearm_stale(key: &mut KeyState, cfg: &InventoryRules, now_ms: i64) {
     key.last_update_ms = Some(now_ms);
     key.stale_deadline_ms = Some(now_ms.saturating_add(cfg.stale_after.as_i64()));
 }
@@ -435,7 +435,7 @@ fn fire_due_stale(key: &mut KeyState, now_ms: i64, out: &mut Outputs) -> bool {
 
 /// Processing time advanced: fire due stale timers, dead-letter expired orphans, forget order-line
 /// ids older than the retention window, and drop keys with nothing left.
-fn tick(state: &mut PartitionState, cfg: &InventoryConfig, now_ms: i64) -> Outputs {
+fn tick(state: &mut PartitionState, cfg: &InventoryRules, now_ms: i64) -> Outputs {
     let mut out = Outputs::new(Disposition::Tick);
     let retention = cfg.dedup_retention.as_i64();
     let mut emptied = Vec::new();

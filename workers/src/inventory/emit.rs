@@ -2,7 +2,7 @@
 
 use kartflow_wire::{Alert, AlertType, EventType, InventoryEvent, Product, Severity};
 
-use super::config::InventoryConfig;
+use super::InventoryRules;
 use super::io::Outputs;
 
 /// An inventory event about `current`, coming from `previous_inventory` / `previous_price`.
@@ -44,9 +44,9 @@ fn alert(
 }
 
 /// Stock-level alerts after a new product or an inventory change: OUT_OF_STOCK (CRITICAL) at 0,
-/// LOW_STOCK under the single low-stock rule of [`InventoryConfig::is_low_stock`].
+/// LOW_STOCK under the single low-stock rule of [`InventoryRules::is_low_stock`].
 pub(crate) fn stock_alerts(
-    cfg: &InventoryConfig,
+    cfg: &InventoryRules,
     product: &Product,
     now_ms: i64,
     out: &mut Outputs,

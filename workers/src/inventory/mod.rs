@@ -6,7 +6,6 @@
 //! only moves bytes, commits transactions and snapshots the state.
 
 pub mod apply;
-pub mod config;
 pub mod decode;
 mod emit;
 pub mod io;
@@ -21,9 +20,9 @@ mod rules_table;
 mod testutil;
 
 pub use apply::apply;
-pub use config::{ConfigError, InventoryConfig, Millis};
 pub use decode::{BootstrapFileError, decode, decode_bootstrap_file};
 pub use io::{Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
+pub use kartflow_wire::config::{InventoryRules, Millis};
 pub use state::{BufferedLine, KeyState, Oversold, PartitionState, STATE_SCHEMA_VERSION};
 pub use validate::ValidationError;
 

@@ -7,7 +7,7 @@ use kartflow_wire::{AlertType, EventType, Severity};
 use super::io::{Disposition, DlqReason, Input};
 use super::state::PartitionState;
 use super::testutil::{HOUR, MINUTE, T0, inventory, line, product, step};
-use super::{InventoryConfig, Millis, apply};
+use super::{InventoryRules, Millis, apply};
 
 use AlertType as A;
 use EventType as E;
@@ -200,9 +200,9 @@ fn oversell_is_recorded_not_silently_clamped() {
 #[test]
 fn low_stock_threshold_is_configurable() {
     // lowStockThreshold 9 reproduces the reference product-update rule (`< 10`) everywhere.
-    let cfg = InventoryConfig {
+    let cfg = InventoryRules {
         low_stock_threshold: 9,
-        ..InventoryConfig::default()
+        ..InventoryRules::default()
     };
     let mut state = PartitionState::default();
     let out = apply(&mut state, &cfg, update(10, 1.0), T0);
@@ -224,9 +224,9 @@ fn redelivered_order_line_deducts_once() {
 
 #[test]
 fn dedup_ids_are_forgotten_after_the_retention_window() {
-    let cfg = InventoryConfig {
+    let cfg = InventoryRules {
         dedup_retention: Millis::from_minutes(30),
-        ..InventoryConfig::default()
+        ..InventoryRules::default()
     };
     let mut state = PartitionState::default();
     apply(&mut state, &cfg, update(50, 10.0), T0);
@@ -401,9 +401,9 @@ fn expired_orphan_is_dead_lettered_when_the_product_arrives_late_without_a_tick(
 
 #[test]
 fn orphan_buffer_is_bounded_per_product() {
-    let cfg = InventoryConfig {
+    let cfg = InventoryRules {
         orphan_max_per_product: 2,
-        ..InventoryConfig::default()
+        ..InventoryRules::default()
     };
     let mut state = PartitionState::default();
     apply(&mut state, &cfg, Input::OrderLine(line("a", "P1", 1)), T0);

@@ -2,7 +2,7 @@
 
 use kartflow_wire::{OrderLine, Product};
 
-use super::{Input, InventoryConfig, Outputs, PartitionState, apply};
+use super::{Input, InventoryRules, Outputs, PartitionState, apply};
 
 /// An arbitrary fixed processing time (epoch ms), far from 0 so "minus an hour" stays positive.
 pub const T0: i64 = 1_700_000_000_000;
@@ -37,7 +37,7 @@ pub fn line(event_id: &str, product_id: &str, quantity: i64) -> OrderLine {
 
 /// Applies with the default configuration.
 pub fn step(state: &mut PartitionState, input: Input, now_ms: i64) -> Outputs {
-    apply(state, &InventoryConfig::default(), input, now_ms)
+    apply(state, &InventoryRules::default(), input, now_ms)
 }
 
 pub fn inventory(state: &PartitionState, id: &str) -> Option<i64> {

@@ -23,11 +23,11 @@ use tracing::{debug, error, info, warn};
 use super::changelog::{self, META_KEY, PartitionMeta, RestoreError};
 use super::metrics::Metrics;
 use super::savepoint::{self, Loaded, SavepointError, Written};
-use super::settings::InventorySettings;
 use crate::inventory::{
-    Disposition, DlqEntry, Input, InventoryConfig, Outputs, PartitionState, Source, apply, decode,
+    Disposition, DlqEntry, Input, InventoryRules, Outputs, PartitionState, Source, apply, decode,
 };
 use crate::kafka::partitioner::partition_for_key;
+use kartflow_wire::config::InventorySettings;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -135,7 +135,7 @@ struct Slot {
 /// The loop's mutable state, reachable from the rebalance callbacks.
 struct Core {
     settings: InventorySettings,
-    rules: InventoryConfig,
+    rules: InventoryRules,
     changelog_topic: String,
     instance: String,
     partition_count: usize,

@@ -6,7 +6,6 @@ pub mod changelog;
 pub mod engine;
 pub mod metrics;
 pub mod savepoint;
-pub mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,10 +17,11 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::inventory::decode_bootstrap_file;
+use crate::kafka;
 use crate::kafka::topics::{self, TopicError};
 use engine::{BootstrapFile, EngineError, EngineSetup, Shared};
+use kartflow_wire::config::{self, ConfigError, InventorySettings};
 use metrics::Metrics;
-use settings::{InventorySettings, SettingsError};
 
 /// Command-line inputs of `kartflow-worker inventory`.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct Args {
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
-    Settings(#[from] SettingsError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Topic(#[from] TopicError),
     #[error(transparent)]
@@ -60,11 +60,8 @@ fn load_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
 
 /// Runs the worker until SIGTERM/SIGINT or a savepoint with `stop`.
 pub fn run(args: Args) -> Result<(), RunError> {
-    let settings = InventorySettings::load(&args.config, |k| std::env::var(k).ok())?;
-    let client = settings
-        .kafka
-        .client_config()
-        .map_err(SettingsError::from)?;
+    let settings: InventorySettings = config::load(&args.config, |k| std::env::var(k).ok())?;
+    let client = kafka::client_config(&settings.kafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
