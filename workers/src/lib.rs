@@ -4,3 +4,4 @@
 
 pub mod inventory;
 pub mod kafka;
+pub mod process;
