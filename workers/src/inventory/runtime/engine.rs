@@ -7,7 +7,6 @@
 //! where this one stopped) and must restore state for partitions that arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +27,7 @@ use crate::inventory::{
     Disposition, DlqEntry, Input, InventoryConfig, Outputs, PartitionState, Source, apply, decode,
 };
 use crate::kafka::partitioner::partition_for_key;
+use crate::process::{Readiness, Shutdown};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -103,13 +103,8 @@ pub struct PartitionStatus {
     pub keys: usize,
 }
 
-/// State shared with the admin API.
-#[derive(Default)]
-pub struct Shared {
-    pub status: RwLock<Status>,
-    pub ready: AtomicBool,
-    pub stopping: AtomicBool,
-}
+/// The status the loop publishes and `/v1/status` reads.
+pub type SharedStatus = Arc<RwLock<Status>>;
 
 /// Everything the loop needs at start.
 pub struct EngineSetup {
@@ -120,7 +115,11 @@ pub struct EngineSetup {
     pub bootstrap: Option<BootstrapFile>,
     pub savepoint: Option<Loaded>,
     pub metrics: Metrics,
-    pub shared: Arc<Shared>,
+    pub status: SharedStatus,
+    /// Set once partitions are assigned and restored, cleared when the loop fails.
+    pub readiness: Readiness,
+    /// Polled between records: on a request the loop commits and leaves the group.
+    pub shutdown: Shutdown,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -160,7 +159,8 @@ struct Core {
     bootstrap: Option<Arc<BootstrapFile>>,
     savepoint: Option<Loaded>,
     metrics: Metrics,
-    shared: Arc<Shared>,
+    status: SharedStatus,
+    readiness: Readiness,
 }
 
 pub struct Ctx {
@@ -757,7 +757,7 @@ impl Core {
 
     fn publish_status(&self) {
         let ready = self.assigned_once && self.fatal.is_none();
-        self.shared.ready.store(ready, Ordering::Relaxed);
+        self.readiness.set(ready);
         let partitions = self
             .slots
             .iter()
@@ -784,7 +784,7 @@ impl Core {
             orphans_buffered: orphans,
             savepoint_restored: self.savepoint.as_ref().map(|s| s.id.clone()),
         };
-        if let Ok(mut s) = self.shared.status.write() {
+        if let Ok(mut s) = self.status.write() {
             *s = status;
         }
     }
@@ -893,7 +893,8 @@ pub fn run(
         bootstrap: setup.bootstrap.map(Arc::new),
         savepoint: setup.savepoint,
         metrics: setup.metrics.clone(),
-        shared: setup.shared.clone(),
+        status: setup.status.clone(),
+        readiness: setup.readiness.clone(),
         settings: s.clone(),
     };
     let consumer: BaseConsumer<Ctx> = setup
@@ -997,7 +998,7 @@ pub fn run(
                 }
             }
         }
-        if stop_after_savepoint || setup.shared.stopping.load(Ordering::Relaxed) {
+        if stop_after_savepoint || setup.shutdown.is_requested() {
             core.commit_or_rewind(&consumer);
             drop(core);
             info!("leaving the consumer group");
