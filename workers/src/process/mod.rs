@@ -31,6 +31,14 @@ pub enum ProcessError {
     Panicked,
 }
 
+/// The worker's identity: the one given (`--instance-id`, the pod name on Kubernetes), else the
+/// host name, else one made from the process id.
+pub fn instance_name(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()))
+}
+
 /// A multi-thread runtime with `worker_threads` workers. One is enough when the processing runs
 /// on its own thread and the runtime only serves the admin API and occasional I/O.
 pub fn runtime(worker_threads: usize) -> Result<Runtime, ProcessError> {

@@ -24,11 +24,18 @@ use metrics::Metrics;
 use settings::{InventorySettings, SettingsError};
 
 /// Command-line inputs of `kartflow-worker inventory`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// The worker configuration file (JSON).
+    #[arg(long, env = "KARTFLOW_CONFIG")]
     pub config: PathBuf,
+    /// Start from this savepoint (as returned by POST /v1/savepoints) instead of the
+    /// pipeline's current state.
+    #[arg(long, env = "KARTFLOW_FROM_SAVEPOINT")]
     pub from_savepoint: Option<String>,
-    pub instance: String,
+    /// This worker's identity (transactional id, savepoint files); the pod name on Kubernetes.
+    #[arg(long, env = "POD_NAME")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -160,7 +167,7 @@ pub fn run(args: Args) -> Result<(), RunError> {
 
     let setup = EngineSetup {
         settings,
-        instance: args.instance,
+        instance: process::instance_name(args.instance_id),
         partition_count: partitions,
         client,
         bootstrap,
