@@ -6,10 +6,10 @@
 //! must commit the open transaction before partitions move (so the next owner starts exactly
 //! where this one stopped) and must restore state for partitions that arrive.
 //!
-//! The loop's concerns, one file each, all `impl Core`: [`consume`] (client set-up and the poll
-//! loop), [`records`] (one record in, its outputs and DLQ entries out), [`transaction`] (begin,
-//! commit, abort and rewind to the last commit), [`rebalance`] (partitions leaving and arriving,
-//! state restore, start offsets), [`status`] (readiness, `/v1/status`, lag) and [`commands`]
+//! The loop's concerns, one file each, all `impl Core`: `consume` (client set-up and the poll
+//! loop), `records` (one record in, its outputs and DLQ entries out), `transaction` (begin,
+//! commit, abort and rewind to the last commit), `rebalance` (partitions leaving and arriving,
+//! state restore, start offsets), `status` (readiness, `/v1/status`, lag) and `commands`
 //! (admin requests: taking savepoints).
 
 mod commands;
