@@ -3,10 +3,22 @@
 //! on and the thread a blocking processing loop runs on. Logging is `kartflow_wire::telemetry`,
 //! set up once by the binary; Kafka client settings and topic checks are in [`crate::kafka`].
 //!
-//! A role's `run` typically goes:
-//! `runtime(1)` → start-up checks → `admin::serve(listen, admin::router(readiness, registry,
-//! role_routes))` → `Shutdown::on_signals(runtime.handle())` → `run_on_thread("role-loop", ..)`
-//! (the loop sets the readiness and polls the shutdown) → `finish(runtime)`.
+//! A role's `run` with a blocking loop (as `inventory::runtime::run` does):
+//!
+//! ```text
+//! let runtime = process::runtime(1)?;
+//! // start-up checks: a signal here still kills the process
+//! let readiness = Readiness::new("not ready: waiting for …");
+//! let router = admin::router(readiness.clone(), metrics_registry, role_routes);
+//! runtime.block_on(admin::serve(listen, router))?;
+//! let shutdown = Shutdown::on_signals(runtime.handle());
+//! // the loop calls readiness.set(..) and polls shutdown.is_requested()
+//! let result = process::run_on_thread("role-loop", move || role_loop(readiness, shutdown))?;
+//! process::finish(runtime);
+//! ```
+//!
+//! An async role does the same from inside the runtime: `admin::serve(..).await` and
+//! `shutdown.requested().await`.
 
 pub mod admin;
 pub mod shutdown;
