@@ -1,6 +1,10 @@
-//! `kartflow-worker`: the single worker binary. Each role is a subcommand.
+//! `kartflow-worker`: the single worker binary. Each role is a subcommand whose arguments and
+//! `run` live in the role's folder; this file only parses, sets up logging and dispatches.
+//!
+//! Adding a role: one variant in [`Command`] holding the role's `clap::Args`, and one arm in
+//! `main` calling `run_role("name", json_logs, || role::run(args))`.
 
-use std::path::PathBuf;
+use std::fmt::Display;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,22 +32,12 @@ enum Command {
     /// Print the worker's version and the librdkafka it was built with.
     Version,
     /// Exactly-once inventory processing of product updates and order lines.
-    Inventory {
-        /// The worker configuration file (JSON).
-        #[arg(long, env = "KARTFLOW_CONFIG")]
-        config: PathBuf,
-        /// Start from this savepoint (as returned by POST /v1/savepoints) instead of the
-        /// pipeline's current state.
-        #[arg(long, env = "KARTFLOW_FROM_SAVEPOINT")]
-        from_savepoint: Option<String>,
-        /// This worker's identity (transactional id, savepoint files); the pod name on Kubernetes.
-        #[arg(long, env = "POD_NAME")]
-        instance_id: Option<String>,
-    },
+    Inventory(inventory::runtime::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     match cli.command {
         Command::Version => {
             let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
@@ -53,28 +47,26 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Inventory {
-            config,
-            from_savepoint,
-            instance_id,
-        } => {
-            telemetry::init(matches!(cli.log_format, LogFormat::Json));
-            let instance = instance_id
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-            let args = inventory::runtime::Args {
-                config,
-                from_savepoint,
-                instance,
-            };
-            match inventory::runtime::run(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "inventory worker failed");
-                    eprintln!("kartflow-worker inventory: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Inventory(args) => {
+            run_role("inventory", json_logs, || inventory::runtime::run(args))
+        }
+    }
+}
+
+/// Sets up logging, runs a role until it ends and turns its result into the exit status. The
+/// error goes to the log and, for whoever reads the pod's termination output, to stderr.
+fn run_role<E: Display>(
+    name: &str,
+    json_logs: bool,
+    run: impl FnOnce() -> Result<(), E>,
+) -> ExitCode {
+    telemetry::init(json_logs);
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} worker failed");
+            eprintln!("kartflow-worker {name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The worker's admin HTTP API: health, readiness, metrics, status and savepoints.
+//! The inventory role's own admin routes, mounted on the shared admin router
+//! ([`crate::process::admin`], which serves health, readiness and metrics): `/v1/status` and
+//! savepoints.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -11,14 +12,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{Command, Shared};
-use super::metrics::Metrics;
+use super::engine::{Command, SharedStatus};
 use super::savepoint::Written;
+use crate::process::admin::error_response as error;
+
+/// What `/readyz` says until the loop has partitions with restored state.
+pub const NOT_READY: &str = "not ready: waiting for a partition assignment and state restore";
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub shared: Arc<Shared>,
-    pub metrics: Metrics,
+    pub status: SharedStatus,
     pub commands: std::sync::mpsc::Sender<Command>,
     pub savepoints: Arc<Mutex<BTreeMap<String, SavepointProgress>>>,
 }
@@ -44,43 +47,17 @@ pub struct SavepointProgress {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct ApiError {
-    error: String,
-}
-
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
-}
-
-pub fn router(state: ApiState) -> Router {
+/// The routes to merge into the shared admin router.
+pub fn routes(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/savepoints", post(trigger_savepoint))
         .route("/v1/savepoints/{id}", get(savepoint_progress))
         .with_state(state)
 }
 
-async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.shared.ready.load(Ordering::Relaxed) {
-        "ready".into_response()
-    } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for a partition assignment and state restore",
-        )
-    }
-}
-
-async fn metrics(State(s): State<ApiState>) -> String {
-    s.metrics.render()
-}
-
 async fn status(State(s): State<ApiState>) -> Response {
-    match s.shared.status.read() {
+    match s.status.read() {
         Ok(st) => Json(st.clone()).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "status unavailable"),
     }
@@ -187,5 +164,21 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "with space"] {
             assert!(!valid_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn routes_mount_on_the_shared_admin_router() {
+        let (commands, _loop_end) = std::sync::mpsc::channel();
+        let state = ApiState {
+            status: SharedStatus::default(),
+            commands,
+            savepoints: Arc::default(),
+        };
+        // `merge` panics on a path both routers define, which would stop the worker at start.
+        let _ = crate::process::admin::router(
+            crate::process::Readiness::new(NOT_READY),
+            prometheus::Registry::new(),
+            routes(state),
+        );
     }
 }

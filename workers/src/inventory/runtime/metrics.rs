@@ -1,7 +1,7 @@
 //! Prometheus metrics of the inventory worker. Every input record is counted by what became of
 //! it (`disposition`), so "nothing silently dropped" can be checked from the outside.
 
-use kartflow_wire::telemetry::{must, render};
+use kartflow_wire::telemetry::must;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -84,11 +84,6 @@ impl Metrics {
             registry,
         }
     }
-
-    /// The text exposition format for `/metrics`.
-    pub fn render(&self) -> String {
-        render(&self.registry)
-    }
 }
 
 impl Default for Metrics {
@@ -99,6 +94,8 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use kartflow_wire::telemetry::render;
+
     use super::*;
 
     #[test]
@@ -106,7 +103,8 @@ mod tests {
         let m = Metrics::new();
         m.records_in.with_label_values(&["order-events"]).inc();
         m.dlq.with_label_values(&["undecodable"]).inc();
-        let text = m.render();
+        // What the shared admin router serves on /metrics.
+        let text = render(&m.registry);
         assert!(text.contains("kartflow_inventory_records_in_total{topic=\"order-events\"} 1"));
         assert!(text.contains("kartflow_inventory_dlq_total{reason=\"undecodable\"} 1"));
     }

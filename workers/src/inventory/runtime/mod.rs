@@ -1,5 +1,5 @@
 //! The inventory worker process: configuration, start-up checks, the exactly-once loop on its own
-//! thread, and the admin API on a small tokio runtime.
+//! thread, and the inventory routes on the shared admin API ([`crate::process`]).
 
 pub mod api;
 pub mod changelog;
@@ -9,26 +9,33 @@ pub mod savepoint;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::BaseConsumer;
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::inventory::decode_bootstrap_file;
 use crate::kafka;
 use crate::kafka::topics::{self, TopicError};
-use engine::{BootstrapFile, EngineError, EngineSetup, Shared};
+use crate::process::{self, ProcessError, Readiness, Shutdown, admin};
+use engine::{BootstrapFile, EngineError, EngineSetup};
 use kartflow_wire::config::{self, ConfigError, InventorySettings};
 use metrics::Metrics;
 
 /// Command-line inputs of `kartflow-worker inventory`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// The worker configuration file (JSON).
+    #[arg(long, env = "KARTFLOW_CONFIG")]
     pub config: PathBuf,
+    /// Start from this savepoint (as returned by POST /v1/savepoints) instead of the
+    /// pipeline's current state.
+    #[arg(long, env = "KARTFLOW_FROM_SAVEPOINT")]
     pub from_savepoint: Option<String>,
-    pub instance: String,
+    /// This worker's identity (transactional id, savepoint files); the pod name on Kubernetes.
+    #[arg(long, env = "POD_NAME")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -43,6 +50,8 @@ pub enum RunError {
     Bootstrap { path: PathBuf, detail: String },
     #[error("cannot start: {0}")]
     Start(String),
+    #[error("cannot start: {0}")]
+    Process(#[from] ProcessError),
 }
 
 fn load_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
@@ -62,11 +71,7 @@ fn load_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
 pub fn run(args: Args) -> Result<(), RunError> {
     let settings: InventorySettings = config::load(&args.config, |k| std::env::var(k).ok())?;
     let client = kafka::client_config(&settings.kafka)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| RunError::Start(format!("tokio runtime: {e}")))?;
+    let runtime = process::runtime(1)?;
 
     // Start-up checks: inputs exist and are co-partitioned; owned topics exist.
     let meta: BaseConsumer = client
@@ -142,63 +147,35 @@ pub fn run(args: Args) -> Result<(), RunError> {
     };
 
     let metrics = Metrics::new();
-    let shared = Arc::new(Shared::default());
+    let readiness = Readiness::new(api::NOT_READY);
+    let status = engine::SharedStatus::default();
     let (tx, rx) = std::sync::mpsc::channel();
-    let api_state = api::ApiState {
-        shared: shared.clone(),
-        metrics: metrics.clone(),
+    let routes = api::routes(api::ApiState {
+        status: status.clone(),
         commands: tx,
         savepoints: Arc::new(Mutex::new(BTreeMap::new())),
-    };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(settings.admin_listen))
-        .map_err(|e| RunError::Start(format!("admin API on {}: {e}", settings.admin_listen)))?;
-    info!(listen = %settings.admin_listen, "admin API listening");
-    runtime.spawn(async move {
-        if let Err(e) = axum::serve(listener, api::router(api_state)).await {
-            error!(error = %e, "admin API stopped");
-        }
     });
-    let stop_flag = shared.clone();
-    runtime.spawn(async move {
-        wait_for_signal().await;
-        info!("shutdown requested: finishing the transaction and leaving the group");
-        stop_flag.stopping.store(true, Ordering::Relaxed);
-    });
+    let router = admin::router(readiness.clone(), metrics.registry.clone(), routes);
+    runtime
+        .block_on(admin::serve(settings.admin_listen, router))
+        .map_err(ProcessError::from)?;
+    // From here a SIGTERM lets the loop finish its transaction and leave the group.
+    let shutdown = Shutdown::on_signals(runtime.handle());
 
     let setup = EngineSetup {
         settings,
-        instance: args.instance,
+        instance: process::instance_name(args.instance_id),
         partition_count: partitions,
         client,
         bootstrap,
         savepoint,
         metrics,
-        shared,
+        status,
+        readiness,
+        shutdown,
         runtime: runtime.handle().clone(),
     };
-    let engine = std::thread::Builder::new()
-        .name("inventory-loop".into())
-        .spawn(move || engine::run(setup, rx))
-        .map_err(|e| RunError::Start(format!("processing thread: {e}")))?;
-    let result = engine
-        .join()
-        .map_err(|_| RunError::Start("the processing thread panicked".into()))?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let result = process::run_on_thread("inventory-loop", move || engine::run(setup, rx))?;
+    process::finish(runtime);
     result.map_err(RunError::from)
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -1,0 +1,174 @@
+//! The exactly-once loop: consume product updates and order lines, apply them to per-partition
+//! state, and commit outputs, changelog and input offsets in one Kafka transaction.
+//!
+//! Decisions live in the pure core (`decode`, `apply`); this module only moves records. All
+//! mutable state sits in [`Core`] behind the consumer context, because the rebalance callbacks
+//! must commit the open transaction before partitions move (so the next owner starts exactly
+//! where this one stopped) and must restore state for partitions that arrive.
+//!
+//! The loop's concerns, one file each, all `impl Core`: `consume` (client set-up and the poll
+//! loop), `records` (one record in, its outputs and DLQ entries out), `transaction` (begin,
+//! commit, abort and rewind to the last commit), `rebalance` (partitions leaving and arriving,
+//! state restore, start offsets), `status` (readiness, `/v1/status`, lag) and `commands`
+//! (admin requests: taking savepoints).
+
+mod commands;
+mod consume;
+mod rebalance;
+mod records;
+mod status;
+mod transaction;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use thiserror::Error;
+
+use super::changelog::{PartitionMeta, RestoreError};
+use super::metrics::Metrics;
+use super::savepoint::{Loaded, SavepointError};
+use crate::inventory::{DlqEntry, Input, InventoryRules, PartitionState, Source};
+use crate::process::{Readiness, Shutdown};
+use kartflow_wire::config::InventorySettings;
+
+pub use commands::Command;
+pub use consume::run;
+pub use status::{PartitionStatus, SharedStatus, Status};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("Kafka client error: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Savepoint(#[from] SavepointError),
+    #[error(
+        "this worker was fenced by a newer instance with the same transactional id ({0}); exiting so only one instance writes"
+    )]
+    Fenced(KafkaError),
+    #[error("the consumer has no group metadata: it has not joined group yet")]
+    NoGroupMetadata,
+    #[error(
+        "the Kafka consumer failed fatally ({code}): {reason}{hint}; exiting so a restart gets a fresh consumer"
+    )]
+    ConsumerFatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error(
+        "savepoint {id} has state for {have} partitions but the inputs have {want}: restore it into a pipeline with the same partition count"
+    )]
+    SavepointPartitions {
+        id: String,
+        have: usize,
+        want: usize,
+    },
+}
+
+/// The initial products file, decoded once at start.
+#[derive(Debug, Clone)]
+pub struct BootstrapFile {
+    pub hash: String,
+    pub records: Vec<Result<Input, DlqEntry>>,
+}
+
+/// Everything the loop needs at start.
+pub struct EngineSetup {
+    pub settings: InventorySettings,
+    pub instance: String,
+    pub partition_count: usize,
+    pub client: ClientConfig,
+    pub bootstrap: Option<BootstrapFile>,
+    pub savepoint: Option<Loaded>,
+    pub metrics: Metrics,
+    pub status: SharedStatus,
+    /// Set once partitions are assigned and restored, cleared when the loop fails.
+    pub readiness: Readiness,
+    /// Polled between records: on a request the loop commits and leaves the group.
+    pub shutdown: Shutdown,
+    pub runtime: tokio::runtime::Handle,
+}
+
+struct Slot {
+    state: PartitionState,
+    meta: PartitionMeta,
+    dirty_keys: BTreeSet<String>,
+    meta_dirty: bool,
+    lag: BTreeMap<String, i64>,
+}
+
+/// The loop's mutable state, reachable from the rebalance callbacks.
+struct Core {
+    settings: InventorySettings,
+    rules: InventoryRules,
+    changelog_topic: String,
+    instance: String,
+    partition_count: usize,
+    client: ClientConfig,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Watermark queries for the lag gauges. Not the group consumer: its broker connections are
+    /// busy with long-poll fetches, which queue each query behind up to `fetch.wait.max.ms` and
+    /// stalled the loop for seconds on every refresh.
+    watermarks: BaseConsumer,
+    slots: BTreeMap<i32, Slot>,
+    txn_open: bool,
+    /// Consume instants of the records in the open transaction, for the latency histogram.
+    txn_records: Vec<Instant>,
+    txn_started: Option<Instant>,
+    /// Partitions restored in `pre_rebalance` whose consumer position must be set afterwards.
+    to_seek: BTreeSet<i32>,
+    /// Partitions whose bootstrap file must be (re)applied by the loop.
+    to_bootstrap: BTreeSet<i32>,
+    needs_rewind: bool,
+    fatal: Option<EngineError>,
+    assigned_once: bool,
+    bootstrap: Option<Arc<BootstrapFile>>,
+    savepoint: Option<Loaded>,
+    metrics: Metrics,
+    status: SharedStatus,
+    readiness: Readiness,
+}
+
+pub struct Ctx {
+    core: Mutex<Core>,
+}
+
+impl Ctx {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock already ended the loop; keep the data for shutdown.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for Ctx {}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+impl Core {
+    fn source_of(&self, topic: &str) -> Source {
+        if topic == self.settings.topics.product_updates {
+            Source::ProductUpdates
+        } else {
+            Source::OrderEvents
+        }
+    }
+
+    fn input_topics(&self) -> [String; 2] {
+        [
+            self.settings.topics.product_updates.clone(),
+            self.settings.topics.order_events.clone(),
+        ]
+    }
+}
