@@ -90,15 +90,18 @@ pub async fn run(
         .get(0);
     capture.metrics.snapshot_running.set(1);
     capture.metrics.snapshot_rows_estimate.set(estimate);
+    // Columns are qualified: an output column `id::text` is also named `id`, and ORDER BY
+    // would sort by it as text instead of by the typed id.
     let select = columns
         .iter()
-        .map(|c| format!("{}::text", quote_ident(c)))
+        .map(|c| format!("t.{}::text", quote_ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
     let qid = quote_ident(&id);
     let query = format!(
-        "SELECT {select} FROM {quoted} WHERE $1::text IS NULL OR {qid} > $1::text::{id_type} \
-         ORDER BY {qid} LIMIT {}",
+        "SELECT {select} FROM {quoted} AS t \
+         WHERE $1::text IS NULL OR t.{qid} > $1::text::{id_type} \
+         ORDER BY t.{qid} LIMIT {}",
         settings.snapshot_chunk_rows
     );
     let statement = txn
