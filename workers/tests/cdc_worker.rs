@@ -412,3 +412,100 @@ async fn a_missing_slot_is_reported_and_never_created() {
     worker.kill();
     f.drop_all(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kafka and PostgreSQL: make test runs it (or make dev-up + --include-ignored)"]
+async fn outbox_rows_are_routed_keyed_and_cleaned_up() {
+    let db = kartflow_testkit::postgres().await;
+    let f = Fixture::new("cdc_outbox", &db).await;
+    let outbox = format!("{}_outbox", f.table);
+    db.batch_execute(&format!(
+        "CREATE TABLE {outbox} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), \
+         aggregatetype text NOT NULL, aggregateid text NOT NULL, type text, payload jsonb);
+         ALTER PUBLICATION {} ADD TABLE {outbox};",
+        f.publication
+    ))
+    .await
+    .expect("outbox table");
+    f.create_slot(&db).await;
+    let prefix = format!("{}-", f.name);
+    let (orders, shipments) = (format!("{prefix}Order"), format!("{prefix}Shipment"));
+    std::thread::scope(|s| {
+        s.spawn(|| f.kafka.create_topics(&[&orders, &shipments], 3));
+    });
+    let worker = CdcWorker::start(
+        f.config(json!({"capture": {
+            "mode": "outbox",
+            "outboxTable": format!("public.{outbox}"),
+            "outbox": {"topicPrefix": prefix, "deleteAfterCapture": true}
+        }})),
+        f.dir.path.join("worker.log"),
+    );
+    db.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO {outbox} (aggregatetype, aggregateid, type, payload) VALUES
+           ('Order', 'o-1', 'OrderCreated', '{{\"total\": 12.50}}'),
+           ('Shipment', 's-1', 'Shipped', '{{\"carrier\": \"x\"}}'),
+           ('Order', 'o-1', 'OrderPaid', NULL),
+           ('Nowhere', 'n-1', 'Lost', '{{}}');
+         COMMIT;"
+    ))
+    .await
+    .expect("outbox rows");
+    let got = wait_for(
+        "outbox events on their topics",
+        Duration::from_secs(30),
+        Some(&worker),
+        || async {
+            let (o, s) = tokio::task::block_in_place(|| {
+                (f.kafka.read_all(&orders), f.kafka.read_all(&shipments))
+            });
+            (o.len() >= 2 && !s.is_empty()).then_some((o, s))
+        },
+    )
+    .await;
+    let (o, s) = got;
+    assert_eq!(o.len(), 2);
+    assert!(o.iter().all(|r| r.key.as_deref() == Some("o-1")));
+    assert_eq!(o[0].json(), json!({"total": 12.50}));
+    assert_eq!(
+        o[0].headers.get("eventType").map(String::as_str),
+        Some("OrderCreated")
+    );
+    assert!(o[1].payload.is_empty(), "a NULL payload is a tombstone");
+    assert_eq!(s[0].key.as_deref(), Some("s-1"));
+    // The row routed to a topic that does not exist went to the DLQ.
+    let dlq = wait_for(
+        "the unroutable row in the DLQ",
+        Duration::from_secs(30),
+        Some(&worker),
+        || async {
+            let d = tokio::task::block_in_place(|| f.kafka.read_all(&f.dlq));
+            (!d.is_empty()).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(dlq[0].json()["reason"], "bad_topic");
+    wait_for(
+        "captured outbox rows deleted",
+        Duration::from_secs(15),
+        Some(&worker),
+        || {
+            let db = &db;
+            let outbox = outbox.clone();
+            async move {
+                let n: i64 = db
+                    .query_one(&format!("SELECT count(*) FROM {outbox}"), &[])
+                    .await
+                    .expect("count")
+                    .get(0);
+                // The unroutable row was not captured into a topic, so it stays.
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(worker);
+    let _ = db.batch_execute(&format!("DROP TABLE {outbox}")).await;
+    f.drop_all(&db).await;
+}
