@@ -54,13 +54,13 @@ async fn next_changes(stream: &mut LogicalReplicationStream, n: usize) -> Vec<Ch
             source::next_event_until(stream, tokio::time::Instant::now() + Duration::from_secs(1))
                 .await
                 .expect("stream");
-        if let Some(ev) = ev {
-            if matches!(
+        if let Some(ev) = ev
+            && matches!(
                 ev.event_type,
                 EventType::Insert { .. } | EventType::Update { .. }
-            ) {
-                out.push(ev);
-            }
+            )
+        {
+            out.push(ev);
         }
     }
     out

@@ -48,6 +48,11 @@ pub enum CdcError {
         publication: String,
         database: String,
     },
+    #[error(
+        "publication {publication} does not include table {table}: add it (ALTER PUBLICATION \
+         {publication} ADD TABLE {table}) or fix capture.table"
+    )]
+    TableNotPublished { publication: String, table: String },
     #[error("replication stream: {0}")]
     Replication(#[from] pg_walstream::ReplicationError),
     #[error("Kafka, {action}: {detail}")]
@@ -98,7 +103,9 @@ impl CdcError {
             CdcError::SlotMissing { .. } => "slot_missing",
             CdcError::SlotWrongPlugin { .. } => "slot_wrong_plugin",
             CdcError::SlotOtherDatabase { .. } => "slot_other_database",
-            CdcError::PublicationMissing { .. } => "publication_missing",
+            CdcError::PublicationMissing { .. } | CdcError::TableNotPublished { .. } => {
+                "publication_missing"
+            }
             CdcError::Connect { .. } | CdcError::Sql { .. } => "postgres_unreachable",
             CdcError::Replication(_) => "replication",
             CdcError::Kafka { .. }

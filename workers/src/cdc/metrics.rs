@@ -33,6 +33,9 @@ pub struct Metrics {
     pub lag_seconds: prometheus::Gauge,
     pub confirmed_lsn: IntGauge,
     pub kafka_txn_seconds: Histogram,
+    /// The commit call alone (flushing the producer and the two-phase commit), during which the
+    /// replication stream is not read.
+    pub kafka_commit_seconds: Histogram,
     pub snapshot_rows: IntCounter,
     pub snapshot_rows_estimate: IntGauge,
     pub snapshot_running: IntGauge,
@@ -72,6 +75,14 @@ impl Metrics {
             .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
         ));
         must(registry.register(Box::new(kafka_txn_seconds.clone())));
+        let kafka_commit_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "kafka_commit_seconds",
+                "Time in the Kafka commit call (the replication stream waits meanwhile)",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        ));
+        must(registry.register(Box::new(kafka_commit_seconds.clone())));
         let problem = must(IntGaugeVec::new(
             Opts::new(
                 "problem",
@@ -102,6 +113,7 @@ impl Metrics {
             lag_seconds,
             confirmed_lsn: gauge("confirmed_lsn", "The LSN last confirmed to PostgreSQL"),
             kafka_txn_seconds,
+            kafka_commit_seconds,
             snapshot_rows: counter("snapshot_rows_total", "Rows read by the initial snapshot"),
             snapshot_rows_estimate: gauge(
                 "snapshot_rows_estimate",

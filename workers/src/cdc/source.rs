@@ -13,6 +13,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::warn;
 
 use super::error::CdcError;
+use super::mapping::Mapper;
 use kartflow_wire::config::CdcSettings;
 use kartflow_wire::config::cdc::SslMode;
 
@@ -132,6 +133,21 @@ pub async fn check_ownership(sql: &Client, s: &CdcSettings) -> Result<(), CdcErr
         return Err(CdcError::PublicationMissing {
             publication: s.publication.name.clone(),
             database: current,
+        });
+    }
+    let table = Mapper::new(&s.capture).table().clone();
+    let published = sql
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables \
+             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+            &[&s.publication.name, &table.schema, &table.table],
+        )
+        .await
+        .map_err(|e| CdcError::sql("reading pg_publication_tables", &e))?;
+    if published.is_none() {
+        return Err(CdcError::TableNotPublished {
+            publication: s.publication.name.clone(),
+            table: table.to_string(),
         });
     }
     Ok(())

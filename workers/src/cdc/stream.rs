@@ -86,8 +86,11 @@ impl Capture<'_> {
 
     /// Commits the open Kafka transaction with `position`.
     pub fn commit(&mut self, position: &Position) -> Result<(), CdcError> {
-        let took = self.sink.commit(position)?;
-        self.metrics.kafka_txn_seconds.observe(took.as_secs_f64());
+        let (open, call) = self.sink.commit(position)?;
+        self.metrics.kafka_txn_seconds.observe(open.as_secs_f64());
+        self.metrics
+            .kafka_commit_seconds
+            .observe(call.as_secs_f64());
         Ok(())
     }
 }
@@ -255,6 +258,15 @@ pub async fn run(
                 } else {
                     // Nothing of this transaction (or before it) waits for Kafka.
                     confirm(stream, capture.metrics, &mut p, end);
+                }
+                // A backlog never goes quiet: stop between transactions here too.
+                if capture.shutdown.is_requested() {
+                    if capture.sink.is_open() {
+                        flush(stream, capture, &mut p, &snapshot)?;
+                    }
+                    stream.send_feedback().await?;
+                    info!(confirmed = %format_lsn(p.confirmed), "stopped streaming");
+                    return Ok(());
                 }
             }
             EventType::Relation {
