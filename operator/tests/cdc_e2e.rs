@@ -21,7 +21,7 @@ use kartflow_operator::crd::CdcSource;
 use kartflow_testkit::cluster::{self, TestNamespace, wait_for};
 use kartflow_testkit::stack;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
