@@ -113,6 +113,22 @@ impl Fixture {
     }
 
     pub async fn drop_all(&self, db: &tokio_postgres::Client) {
+        // A killed worker's walsender takes a moment to go; an active slot cannot be dropped.
+        for _ in 0..50 {
+            let active = db
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&self.slot],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if !active {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         let _ = db
             .execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
