@@ -569,3 +569,56 @@ async fn a_snapshot_killed_half_way_resumes_without_gap() {
     drop(worker);
     f.drop_all(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kafka and PostgreSQL: make test runs it (or make dev-up + --include-ignored)"]
+async fn without_kafka_nothing_is_confirmed_and_everything_arrives_once_it_is_back() {
+    let db = kartflow_testkit::postgres().await;
+    let f = Fixture::new("cdc_nokafka", &db).await;
+    f.create_slot(&db).await;
+    let (before, _) = slot_facts(&db, &f.slot).await;
+    db.batch_execute(&format!(
+        "INSERT INTO {} (order_id, product_id, quantity) \
+         SELECT 'o-' || g, 'P-' || (g % 7), 1 FROM generate_series(1, 500) g",
+        f.table
+    ))
+    .await
+    .expect("rows");
+    // Nothing listens on this port: Kafka is unavailable.
+    let mut worker = CdcWorker::start(
+        f.config(json!({"kafka": {"bootstrapServers": "127.0.0.1:1"}})),
+        f.dir.path.join("worker-no-kafka.log"),
+    );
+    let body = wait_for(
+        "/readyz to report Kafka",
+        Duration::from_secs(60),
+        Some(&worker),
+        || {
+            let r = worker.get("/readyz");
+            async move {
+                r.filter(|(s, b)| *s == 503 && b.contains("cannot reach Kafka"))
+                    .map(|(_, b)| b)
+            }
+        },
+    )
+    .await;
+    eprintln!("readyz: {body}");
+    let metrics = worker.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        metrics.contains("kartflow_cdc_problem{problem=\"kafka\"} 1"),
+        "{metrics}"
+    );
+    assert!(worker.is_running(), "retries instead of exiting");
+    let (during, _) = slot_facts(&db, &f.slot).await;
+    assert_eq!(during, before, "nothing confirmed while Kafka is away");
+    worker.kill();
+
+    // Kafka is back (the real address): every row once.
+    let worker = CdcWorker::start(f.config(json!({})), f.dir.path.join("worker.log"));
+    let recs = all_rows_arrive(&f, 500, &worker).await;
+    let ids = by_event_id(&recs);
+    assert_eq!(ids.len(), 500);
+    assert!(ids.values().all(|v| v.len() == 1));
+    drop(worker);
+    f.drop_all(&db).await;
+}

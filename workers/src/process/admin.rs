@@ -199,6 +199,20 @@ mod tests {
             request(port, "GET", "/readyz", None).expect("readyz").0,
             503
         );
+        readiness.not_ready_because("replication slot s does not exist");
+        assert_eq!(
+            request(port, "GET", "/readyz", None).expect("readyz"),
+            (
+                503,
+                r#"{"error":"replication slot s does not exist"}"#.into()
+            )
+        );
+        readiness.set(false);
+        assert_eq!(
+            readiness.reason(),
+            "not ready: waiting for the test",
+            "set() forgets a specific reason"
+        );
 
         let (code, body) = request(port, "GET", "/metrics", None).expect("metrics");
         assert_eq!(code, 200);
