@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, PurgeConfig};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::block_in_place;
 use tracing::{info, warn};
@@ -25,6 +25,7 @@ use crate::kafka::topics::{self, TopicError};
 use kartflow_wire::config::CdcSettings;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The transactional id of a source: one writer per `CdcSource`, so a new instance fences a
@@ -263,7 +264,8 @@ impl Sink {
             Err(e) => {
                 let err = classify(&self.source, "committing a transaction", e);
                 if !matches!(err, CdcError::Fenced(_)) {
-                    let _ = block_in_place(|| self.producer.abort_transaction(TXN_TIMEOUT));
+                    self.open = true;
+                    self.abort();
                 }
                 Err(err)
             }
@@ -282,15 +284,29 @@ impl Sink {
         }
     }
 
-    /// Drops the open transaction (its records never become visible to `read_committed`).
+    /// Gives up the open transaction after a failure: purges what is not delivered (nothing of
+    /// it becomes visible to `read_committed`), serves the purge reports, and asks the
+    /// coordinator to abort, briefly. librdkafka's abort waits for every delivery report, which
+    /// only a poll serves, so without the purge and drain it waited its whole timeout (60 s
+    /// after a lost PostgreSQL connection). If the abort does not get through, the next
+    /// session's `init_transactions` aborts the transaction anyway.
     pub fn abort(&mut self) {
-        if self.open {
-            if let Err(e) = block_in_place(|| self.producer.abort_transaction(TXN_TIMEOUT)) {
-                warn!(error = %e, "aborting the Kafka transaction failed; the broker aborts it at its timeout");
-            }
-            self.open = false;
-            self.started = None;
+        if !self.open {
+            return;
         }
+        self.open = false;
+        self.started = None;
+        block_in_place(|| {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let deadline = Instant::now() + ABORT_TIMEOUT;
+            while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+                self.producer.poll(Duration::from_millis(1));
+            }
+            if let Err(e) = self.producer.abort_transaction(ABORT_TIMEOUT) {
+                warn!(error = %e, "aborting the Kafka transaction failed; the next start aborts it");
+            }
+        });
     }
 }
 
