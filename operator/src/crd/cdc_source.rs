@@ -150,13 +150,16 @@ pub struct Capture {
     pub outbox_table: String,
 }
 
+/// The worker contract's defaults, so a value left out of the CR and one left out of a
+/// hand-written worker file mean the same.
 impl Default for Capture {
     fn default() -> Self {
+        let d = kartflow_wire::config::cdc::CaptureSettings::default();
         Self {
-            mode: CaptureMode::Table,
-            table: "public.order_items".into(),
+            mode: d.mode,
+            table: d.table,
             columns: OrderLineColumns::default(),
-            outbox_table: "public.outbox".into(),
+            outbox_table: d.outbox_table,
         }
     }
 }
@@ -171,10 +174,11 @@ pub struct OrderLineColumns {
 
 impl Default for OrderLineColumns {
     fn default() -> Self {
+        let d = kartflow_wire::config::cdc::OrderLineColumns::default();
         Self {
-            order_id: "order_id".into(),
-            product_id: "product_id".into(),
-            quantity: "quantity".into(),
+            order_id: d.order_id,
+            product_id: d.product_id,
+            quantity: d.quantity,
         }
     }
 }
