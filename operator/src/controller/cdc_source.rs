@@ -13,8 +13,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::failure::report_failure;
+use super::observe::observe;
 use super::status::{Cond, READY, SLOT_HEALTHY, reconciled};
-use super::{Context, Error, apply, controller_for, observe, report_failure};
+use super::trigger::controller_for;
+use super::{Context, Error, apply};
 use crate::children;
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::{CdcSource, CdcSourceStatus};

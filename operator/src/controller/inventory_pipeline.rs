@@ -8,8 +8,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::failure::report_failure;
+use super::observe::observe;
+use super::rollout::rollout;
 use super::status::{Cond, READY, reconciled};
-use super::{Context, Error, apply, controller_for, observe, report_failure, rollout};
+use super::trigger::controller_for;
+use super::{Context, Error, apply};
 use crate::children;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
 

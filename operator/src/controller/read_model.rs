@@ -13,8 +13,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::failure::report_failure;
+use super::observe::observe;
+use super::rollout::rollout;
 use super::status::{Cond, READY, reconciled};
-use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
+use super::trigger::{api, controller_for};
+use super::{Context, Error, apply};
 use crate::children::{self, BuildError};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
 
