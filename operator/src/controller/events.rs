@@ -6,6 +6,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::Context;
+use crate::slot_guard::report::Notice;
 
 /// The apiserver refuses notes longer than 1 KiB.
 const MAX_NOTE_BYTES: usize = 1024;
@@ -35,6 +36,11 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, reason, "cannot publish Event");
         }
+    }
+
+    /// Publishes an Event the slot guard worded.
+    pub async fn notice<K: Resource<DynamicType = ()>>(&self, obj: &K, n: Notice) {
+        self.event(obj, n.warning, n.reason, n.action, n.note).await;
     }
 }
 
