@@ -44,12 +44,9 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
     }
     let db = database::connect(&cdc, &ctx)
         .await
-        .map_err(|e| Error::Dependency {
-            what: format!("dropping slot {slot} on delete"),
-            problem: format!(
-                "{e}. Fix the connection, or set spec.slot.dropOnDelete to false to delete the \
-                 CdcSource without dropping the slot"
-            ),
+        .map_err(|e| Error::CleanupUnreachable {
+            slot: slot.clone(),
+            source: Box::new(e),
         })?;
     if owned {
         let outcome = postgres::drop_slot(&db, slot, None).await?;

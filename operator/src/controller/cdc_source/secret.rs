@@ -24,16 +24,20 @@ pub(super) async fn credentials(cdc: &CdcSource, ctx: &Context) -> Result<Creden
             what: format!("Secret {ns}/{secret_name} (spec.postgres.credentialsSecretRef)"),
             problem: "not found: create it with keys username and password".into(),
         })?;
-    let field = |k: &str| -> Result<String, Error> {
-        secret
+    let field = |key: &'static str| -> Result<String, Error> {
+        let value = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(k))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .and_then(|d| d.get(key))
             .ok_or_else(|| Error::Dependency {
                 what: format!("Secret {ns}/{secret_name}"),
-                problem: format!("has no key {k:?} (it needs username and password)"),
-            })
+                problem: format!("has no key {key:?} (it needs username and password)"),
+            })?;
+        String::from_utf8(value.0.clone()).map_err(|source| Error::SecretNotText {
+            secret: format!("{ns}/{secret_name}"),
+            key,
+            source,
+        })
     };
     Ok(Credentials {
         username: field("username")?,
