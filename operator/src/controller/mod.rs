@@ -16,6 +16,8 @@ mod read_model;
 mod rollout;
 mod run;
 pub mod status;
+#[cfg(test)]
+mod testing;
 mod trigger;
 
 pub use backoff::backoff_for;

@@ -8,6 +8,8 @@ mod database;
 mod guard;
 mod secret;
 mod stored;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
