@@ -95,12 +95,6 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    /// True when only a change of the CR itself can fix this (wait for the next generation);
-    /// false when the world may still change under it (a referenced pipeline appearing).
-    pub fn is_permanent(&self) -> bool {
-        !matches!(self, BuildError::PipelineNotFound { .. })
-    }
-
     pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
         BuildError::InvalidSpec {
             field: field.into(),
@@ -439,12 +433,6 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn permanence() {
-        assert!(BuildError::invalid("spec.x", "bad").is_permanent());
-        assert!(!BuildError::PipelineNotFound { name: "p".into() }.is_permanent());
     }
 
     proptest! {

@@ -5,10 +5,12 @@
 //! the reader and drops the slot past another, so retained WAL never stays above the drop
 //! threshold for longer than one check interval.
 //!
-//! [`policy`] decides without I/O; [`postgres`] does the reading and dropping.
+//! [`policy`] decides and [`report`] words the decision, both without I/O; [`postgres`] does
+//! the reading and dropping.
 
 pub mod policy;
 pub mod postgres;
+pub mod report;
 
 pub use policy::{
     GuardPolicy, PolicyError, SlotReading, Threshold, TimeLimit, Verdict, decide, drop_record,

@@ -1,0 +1,66 @@
+//! The database side of a `CdcSource`: connecting with the Secret's credentials, and creating
+//! the publication and slot it asks for, recording at once what kartflow created.
+
+use crate::controller::{Context, Error};
+use crate::crd::{CdcSource, CdcSourceStatus};
+use crate::slot_guard::postgres::{self, Db};
+use crate::slot_guard::report;
+
+use super::{secret, stored};
+
+pub(super) async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Db, Error> {
+    let pg = &cdc.spec.postgres;
+    let credentials = secret::credentials(cdc, ctx).await?;
+    Ok(postgres::connect(
+        &pg.host,
+        u16::try_from(pg.port).unwrap_or(5432),
+        &pg.database,
+        &credentials.username,
+        &credentials.password,
+        pg.ssl_mode,
+    )
+    .await?)
+}
+
+/// What kartflow created in the database, and so may drop.
+pub(super) struct Ownership {
+    pub slot_owned: bool,
+    pub publication_created: bool,
+}
+
+/// Creates the publication and the slot the spec asks for, unless they exist. After a guard
+/// drop the slot stays gone until the user acknowledges the gap (`dropped_awaiting_ack`).
+pub(super) async fn ensure_objects(
+    cdc: &CdcSource,
+    ctx: &Context,
+    db: &Db,
+    previous: &CdcSourceStatus,
+    dropped_awaiting_ack: bool,
+) -> Result<Ownership, Error> {
+    let spec = &cdc.spec;
+    let mut publication_created = previous.publication_created.unwrap_or(false);
+    if spec.publication.create
+        && postgres::ensure_publication(db, &spec.publication.name, &spec.publication.tables)
+            .await?
+    {
+        publication_created = true;
+        stored::record(cdc, ctx, serde_json::json!({"publicationCreated": true})).await?;
+        ctx.notice(cdc, report::publication_created(&spec.publication.name))
+            .await;
+    }
+
+    let mut slot_owned = previous.slot_owned.unwrap_or(false);
+    // Silently recreating a dropped slot would hide the changes lost since the drop.
+    if spec.slot.create
+        && !dropped_awaiting_ack
+        && postgres::ensure_slot(db, &spec.slot.name).await?
+    {
+        slot_owned = true;
+        stored::record(cdc, ctx, serde_json::json!({"slotOwned": true})).await?;
+        ctx.notice(cdc, report::slot_created(&spec.slot.name)).await;
+    }
+    Ok(Ownership {
+        slot_owned,
+        publication_created,
+    })
+}
