@@ -60,9 +60,9 @@ impl Error {
     /// `(reason, permanent)`: one table, so a reason never changes its retry class.
     fn class(&self) -> (&'static str, bool) {
         match self {
-            Error::Build(BuildError::InvalidSpec { .. }) | Error::Policy(_) => {
-                ("InvalidSpec", true)
-            }
+            // A worker config the worker would refuse was built from a value of the spec.
+            Error::Build(BuildError::InvalidSpec { .. } | BuildError::WorkerConfig(_))
+            | Error::Policy(_) => ("InvalidSpec", true),
             // The spec may be right: the pipeline can still be created.
             Error::Build(BuildError::PipelineNotFound { .. }) => ("PipelineNotFound", false),
             // Missing metadata or a config that fails to render: not the user's spec.
@@ -123,6 +123,15 @@ mod tests {
                 true,
             ),
             (policy_error().into(), "InvalidSpec", true),
+            (
+                BuildError::WorkerConfig(kartflow_wire::config::ConfigError::invalid(
+                    "topics.dlq",
+                    "must not be empty",
+                ))
+                .into(),
+                "InvalidSpec",
+                true,
+            ),
             (
                 BuildError::PipelineNotFound { name: "p".into() }.into(),
                 "PipelineNotFound",
