@@ -61,7 +61,11 @@ impl Error {
     fn class(&self) -> (&'static str, bool) {
         match self {
             // A worker config the worker would refuse was built from a value of the spec.
-            Error::Build(BuildError::InvalidSpec { .. } | BuildError::WorkerConfig(_))
+            Error::Build(
+                BuildError::InvalidSpec { .. }
+                | BuildError::InvalidUnit { .. }
+                | BuildError::WorkerConfig(_),
+            )
             | Error::Policy(_) => ("InvalidSpec", true),
             // The spec may be right: the pipeline can still be created.
             Error::Build(BuildError::PipelineNotFound { .. }) => ("PipelineNotFound", false),
@@ -123,6 +127,15 @@ mod tests {
                 true,
             ),
             (policy_error().into(), "InvalidSpec", true),
+            (
+                BuildError::InvalidUnit {
+                    field: "spec.alerts.staleAfter".into(),
+                    source: crate::units::UnitError::Duration { value: "1w".into() },
+                }
+                .into(),
+                "InvalidSpec",
+                true,
+            ),
             (
                 BuildError::WorkerConfig(kartflow_wire::config::ConfigError::invalid(
                     "topics.dlq",
