@@ -141,7 +141,9 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let namespace = Some(cli.watch_namespace).filter(|n| !n.is_empty());
     let client_for_watchdog = client.clone();
-    let ctx = Arc::new(Context::new(client, metrics.clone(), &identity));
+    let mut ctx = Context::new(client.clone(), metrics.clone(), &identity);
+    ctx.leadership = Some(leader::LeaseCheck::new(client, &settings));
+    let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = async move {
         let mut rx = stop_rx;
@@ -166,9 +168,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         format!("stopped leading: {reason}; exiting so a fresh process starts as a standby")
     });
     metrics.leader.set(0);
-    let _ = stop_tx.send(true);
-    if let Err(e) = controllers.await {
-        tracing::warn!(error = %e, "controllers ended abnormally");
+    if outcome.is_err() {
+        // Another replica may lead already: a reconcile still running here must not finish.
+        controllers.abort();
+    } else {
+        let _ = stop_tx.send(true);
+        if let Err(e) = controllers.await {
+            tracing::warn!(error = %e, "controllers ended abnormally");
+        }
     }
     // Dropping the receiver makes the election task release the Lease: the standby takes over
     // immediately instead of after the lease duration.

@@ -852,7 +852,9 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
     generate_wal(24).await;
     let t0 = Instant::now();
     let drop = wait_for("guard-drop: lastDrop in status", T, || async {
-        cdcs.get("guard-drop").await.ok()?.status?.last_drop
+        // Recorded as Pending before the DROP, then with its outcome.
+        let d = cdcs.get("guard-drop").await.ok()?.status?.last_drop?;
+        (d.outcome.as_deref() != Some("Pending")).then_some(d)
     })
     .await;
     let took = t0.elapsed();
@@ -887,14 +889,59 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
         1.0,
         "the drop is counted"
     );
+    assert_eq!(
+        (drop.cause.as_deref(), drop.outcome.as_deref()),
+        (Some("ReaderGone"), Some("Dropped")),
+        "{drop:?}"
+    );
+    // Until acknowledged, the worker is stopped and the slot stays gone, whatever else changes.
+    let dapi: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_for("guard-drop: the CDC worker scaled to 0", T, || async {
+        let d = dapi.get("guard-drop-cdc").await.ok()?;
+        (d.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    cdcs.patch(
+        "guard-drop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"guard": {"checkInterval": "3s"}}})),
+    )
+    .await
+    .expect("an unrelated spec change");
+    tokio::time::sleep(check_interval * 3).await;
+    assert!(
+        !slot_exists(&slot).await,
+        "only spec.slot.recreateNonce acknowledges a drop: {slot} stays gone"
+    );
+    cdcs.patch(
+        "guard-drop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"slot": {"recreateNonce": 1}}})),
+    )
+    .await
+    .expect("acknowledge the drop");
+    wait_for("guard-drop: slot recreated, worker back", T, || async {
+        let d = dapi.get("guard-drop-cdc").await.ok()?;
+        (slot_exists(&slot).await && d.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
     cdcs.delete("guard-drop", &DeleteParams::default())
         .await
         .expect("delete");
 
-    // 2. An active reader: its backend is terminated first, then the slot is dropped.
+    // 2. A connected reader that stops confirming (SIGSTOP) is stuck past maxUnconfirmed: its
+    //    backend is terminated first, then the slot is dropped.
     let slot = stack::unique_name("e2e_guard_active");
     prepare_table(&slot).await;
-    apply(&cdcs, cdc_source("guard-active", &slot, guard(json!({})))).await;
+    apply(
+        &cdcs,
+        cdc_source(
+            "guard-active",
+            &slot,
+            guard(json!({"maxUnconfirmed": "4s"})),
+        ),
+    )
+    .await;
     slot_reported(&cdcs, "guard-active").await;
     let mut reader = Reader::start(&slot);
     wait_for("the reader is streaming from the slot", T, || async {
@@ -911,13 +958,15 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
     reader.pause();
     generate_wal(24).await;
     let drop = wait_for("guard-active: lastDrop in status", T, || async {
-        cdcs.get("guard-active").await.ok()?.status?.last_drop
+        let d = cdcs.get("guard-active").await.ok()?.status?.last_drop?;
+        (d.outcome.as_deref() != Some("Pending")).then_some(d)
     })
     .await;
     assert!(
         !slot_exists(&slot).await,
         "the active slot {slot} was dropped"
     );
+    assert_eq!(drop.cause.as_deref(), Some("ReaderStuck"), "{drop:?}");
     let events = events_for(client, ns, "guard-active", "SlotDropped").await;
     assert!(
         events

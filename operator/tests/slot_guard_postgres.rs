@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use kartflow_operator::crd::cdc_source::{GuardAction, SlotGuard, SslMode};
 use kartflow_operator::slot_guard::postgres::quote_ident;
 use kartflow_operator::slot_guard::{
-    self, Db, DropOutcome, GuardError, GuardPolicy, SlotReading, Verdict, decide, drop_record,
-    facts,
+    self, Cause, Db, DropOutcome, DropStage, GuardError, GuardPolicy, SlotMemory, SlotReading,
+    Verdict, decide, drop_done, drop_record, facts, track,
 };
 use kartflow_testkit::{settings, unique_name};
 use tokio_postgres::Client;
@@ -66,12 +66,17 @@ async fn connect() -> (Client, Db) {
     (admin, db)
 }
 
+/// How long a connected reader may confirm nothing before the test policies call it stuck.
+const MAX_UNCONFIRMED: &str = "2s";
+
 fn policy(warn: &str, drop: &str, action: GuardAction, guard_unowned: bool) -> GuardPolicy {
     GuardPolicy::from_spec(&SlotGuard {
         check_interval: "1s".into(),
         warn_retained_wal: warn.into(),
         drop_retained_wal: drop.into(),
         max_inactive: None,
+        max_unconfirmed: Some(MAX_UNCONFIRMED.into()),
+        drop_on_retained_wal: false,
         action,
         guard_unowned,
     })
@@ -241,7 +246,18 @@ impl Reader {
         let log = std::env::temp_dir().join(format!("{slot}.pg_recvlogical.log"));
         let stderr = std::fs::File::create(&log).expect("reader log file");
         let child = Command::new(pg_recvlogical())
-            .args(["--start", "-S", slot, "-f", "/dev/null", "-F", "0"])
+            // Status every second: the guard sees its confirmations promptly.
+            .args([
+                "--start",
+                "-S",
+                slot,
+                "-f",
+                "/dev/null",
+                "-F",
+                "0",
+                "-s",
+                "1",
+            ])
             .args(["-o", "proto_version=1", "-o"])
             .arg(format!("publication_names={publication}"))
             .arg("-d")
@@ -365,7 +381,7 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
     let retained = reading.retained_bytes.expect("retained WAL");
     assert!(retained > 32 * MI, "retained {retained}");
     let now = Timestamp::now();
-    let status = facts(&reading, now);
+    let status = facts(&reading, None, now);
     assert_eq!(status.retained_bytes, Some(retained));
     assert!(
         status
@@ -378,15 +394,16 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
     let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
     let verdict = decide(&tight, &reading, true, now);
     let Verdict::Drop {
+        cause,
         reason,
         terminate_pid,
     } = &verdict
     else {
         panic!("expected Drop, got {verdict:?}");
     };
-    assert_eq!(*terminate_pid, None);
+    assert_eq!((cause, *terminate_pid), (&Cause::ReaderGone, None));
     assert!(
-        reason.starts_with(&format!("slot {slot} retains "))
+        reason.starts_with(&format!("slot {slot} has no reader and retains "))
             && reason.ends_with("above dropRetainedWal 32Mi"),
         "{reason}"
     );
@@ -402,7 +419,9 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
         outcome.retained_bytes.is_some_and(|b| b >= retained),
         "{outcome:?}"
     );
-    assert!(drop_record(reason, outcome.retained_bytes, now, Some(1)).retained_bytes >= retained);
+    let record = drop_record(cause, reason, reading.retained_bytes, now, None, Some(1));
+    let record = drop_done(record, DropStage::Dropped, outcome.retained_bytes);
+    assert!(record.retained_bytes >= retained, "{record:?}");
     assert!(!slot_exists(&admin, &slot).await, "slot {slot} is gone");
 
     let after = slot_guard::read_slot(&db, &slot, Some(since))
@@ -410,7 +429,7 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
         .expect("read");
     assert_eq!(after, SlotReading::missing(&slot));
     assert_eq!(decide(&tight, &after, true, now), Verdict::Missing);
-    assert!(!facts(&after, now).exists);
+    assert!(!facts(&after, None, now).exists);
     let again = slot_guard::drop_slot(&db, &slot, None)
         .await
         .expect("dropping a missing slot");
@@ -438,6 +457,9 @@ async fn stalled_reader_is_terminated_and_its_slot_dropped() {
 
     // Stopped, it confirms nothing while its walsender stays connected: WAL piles up.
     reader.signal("STOP");
+    let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
+    let first = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (_, memory) = track(first, &SlotMemory::default(), Timestamp::now());
     generate_wal(&admin, 33 * MI).await;
     let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
     assert!(
@@ -448,17 +470,32 @@ async fn stalled_reader_is_terminated_and_its_slot_dropped() {
         reading.retained_bytes.is_some_and(|b| b > 32 * MI),
         "{reading:?}"
     );
-
-    let verdict = decide(
-        &policy("16Mi", "32Mi", GuardAction::Drop, false),
-        &reading,
-        true,
-        Timestamp::now(),
+    // Connected: size alone is not enough, and it has not been silent for long yet.
+    let (early, memory) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &early, true, Timestamp::now());
+    assert!(
+        matches!(verdict, Verdict::Warn { .. } | Verdict::Healthy),
+        "a connected reader is not dropped before maxUnconfirmed: {verdict:?}"
     );
-    let Verdict::Drop { terminate_pid, .. } = verdict else {
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (reading, _) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &reading, true, Timestamp::now());
+    let Verdict::Drop {
+        cause,
+        terminate_pid,
+        reason,
+    } = verdict
+    else {
         panic!("expected Drop, got {verdict:?}");
     };
-    assert_eq!(terminate_pid, Some(pid));
+    assert_eq!(
+        (cause, terminate_pid),
+        (Cause::ReaderStuck, Some(pid)),
+        "{reason}"
+    );
+    assert!(reason.contains("maxUnconfirmed 2s"), "{reason}");
     let outcome = slot_guard::drop_slot(&db, &slot, terminate_pid)
         .await
         .expect("drop");
@@ -520,6 +557,92 @@ async fn reader_that_reconnects_before_the_drop_is_terminated_and_the_drop_retri
     assert!(reader.stop().is_some(), "pg_recvlogical reaped");
 }
 
+#[tokio::test]
+#[ignore = "needs the local PostgreSQL: `make test` runs it (or `make dev-up` + --include-ignored)"]
+async fn a_reader_held_back_by_an_open_transaction_is_warned_about_never_dropped() {
+    let (admin, db) = connect().await;
+    let mut cleanup = Cleanup::default();
+    let (slot, publication) = streamed_slot(&admin, &db, "guard_held", &mut cleanup).await;
+    let mut reader = Reader::start(&slot, &publication);
+    let pid = wait_active(&db, &slot, None, &mut reader)
+        .await
+        .active_pid
+        .expect("reader pid");
+
+    // A session that wrote and stays open: decoding must keep WAL from its start.
+    let (holder, conn) = tokio_postgres::connect(&settings().database_url, tokio_postgres::NoTls)
+        .await
+        .expect("holder session");
+    tokio::spawn(conn);
+    let table = &cleanup.tables[0];
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {} (note) VALUES ('held');",
+            quote_ident(table)
+        ))
+        .await
+        .expect("open a writing transaction");
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("holder pid")
+        .get(0);
+    generate_wal(&admin, 33 * MI).await;
+
+    // The reader confirms what it received (status every second) while retained WAL stays.
+    let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut memory = SlotMemory::default();
+    let verdict = loop {
+        let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+        let (reading, next) = track(reading, &memory, Timestamp::now());
+        memory = next;
+        let verdict = decide(&tight, &reading, true, Timestamp::now());
+        if matches!(verdict.cause(), Some(Cause::HeldBackByTransaction(_))) {
+            assert!(
+                reading.retained_bytes.is_some_and(|b| b > 32 * MI),
+                "{reading:?}"
+            );
+            break verdict;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader never caught up past the open transaction: {verdict:?} {reading:?}; \
+             pg_recvlogical: {}",
+            reader.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let Verdict::Warn {
+        cause: Cause::HeldBackByTransaction(Some(blocker)),
+        reason,
+    } = &verdict
+    else {
+        panic!("a reader that keeps up is only warned about: {verdict:?}");
+    };
+    assert_eq!(blocker.pid, holder_pid, "{reason}");
+    assert!(
+        reason.contains(&format!("backend {holder_pid}")),
+        "the warning names the blocking session: {reason}"
+    );
+    assert!(
+        slot_exists(&admin, &slot).await && backend_alive(&admin, pid).await,
+        "slot and reader are untouched"
+    );
+
+    // Past maxUnconfirmed it is still not stuck: it keeps confirming.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (reading, _) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &reading, true, Timestamp::now());
+    assert!(
+        !matches!(verdict, Verdict::Drop { .. }),
+        "{verdict:?} {reading:?}"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("end it");
+    assert!(reader.stop().is_some(), "pg_recvlogical reaped");
+}
+
 /// A slot past the drop threshold, for the verdicts that must not drop.
 async fn bloated_slot(admin: &Client, db: &Db, prefix: &str, cleanup: &mut Cleanup) -> SlotReading {
     let slot = unique_name(prefix);
@@ -550,7 +673,7 @@ async fn action_alert_reports_but_keeps_the_slot() {
         true,
         Timestamp::now(),
     );
-    let Verdict::WouldDropButAlertOnly { reason } = &verdict else {
+    let Verdict::WouldDropButAlertOnly { reason, .. } = &verdict else {
         panic!("expected WouldDropButAlertOnly, got {verdict:?}");
     };
     assert!(reason.ends_with("above dropRetainedWal 2Mi"), "{reason}");

@@ -31,7 +31,9 @@ pub struct CdcChildren {
     pub service: Service,
 }
 
-pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
+/// Builds the source's children. `stopped`: the guard dropped the slot and the user has not
+/// acknowledged it yet, so the worker runs no replica.
+pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildError> {
     let owner = Owner::of(cdc)?;
     let spec = &cdc.spec;
     require_non_empty("spec.image", &spec.image)?;
@@ -137,7 +139,7 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
             deployment_name.clone(),
             labels.clone(),
             selector.clone(),
-            Some(1),
+            Some(if stopped { 0 } else { 1 }),
             recreate(),
             template,
         ),
@@ -178,7 +180,7 @@ mod tests {
     }
 
     fn build(patch: Value) -> CdcChildren {
-        cdc_source(&source(patch)).expect("builds")
+        cdc_source(&source(patch), false).expect("builds")
     }
 
     #[test]
@@ -281,7 +283,7 @@ mod tests {
                 "spec.kafka.bootstrapServers",
             ),
         ] {
-            match cdc_source(&source(patch.clone())) {
+            match cdc_source(&source(patch.clone()), false) {
                 Err(e) if e.field().is_some() => assert_eq!(e.field(), Some(field), "{patch}"),
                 other => panic!("{patch}: expected {field}, got {other:?}"),
             }
@@ -296,6 +298,6 @@ mod tests {
         let mut cdc: CdcSource = serde_yaml::from_str(&text).expect("parses");
         cdc.metadata.namespace = Some("default".into());
         cdc.metadata.uid = Some("u".into());
-        cdc_source(&cdc).expect("builds");
+        cdc_source(&cdc, false).expect("builds");
     }
 }

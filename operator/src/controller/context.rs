@@ -14,9 +14,12 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// When each guarded slot was first seen without a reader (PostgreSQL before 17 does not
-    /// report it), keyed by `namespace/name`.
-    pub guard_memory: Mutex<HashMap<String, jiff::Timestamp>>,
+    /// What the guard remembers of each slot between checks (since when it has had no reader,
+    /// where its confirmed position stood), keyed by `namespace/name`.
+    pub guard_memory: Mutex<HashMap<String, crate::slot_guard::SlotMemory>>,
+    /// The leader's Lease, re-read before anything destructive; none outside leader election
+    /// (tests).
+    pub leadership: Option<crate::leader::LeaseCheck>,
     /// Consecutive failures per object.
     pub(super) backoff: Backoff,
 }
@@ -32,6 +35,7 @@ impl Context {
             client,
             metrics,
             guard_memory: Mutex::default(),
+            leadership: None,
             backoff: Backoff::default(),
         }
     }

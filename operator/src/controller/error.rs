@@ -40,6 +40,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The guard was about to end a reader or drop a slot, but this replica may no longer lead.
+    #[error("not acting on the slot: {0}")]
+    NotLeading(String),
     /// Adding or removing our finalizer failed (its apply and cleanup errors are unwrapped).
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -80,6 +83,7 @@ impl Error {
             | Error::SecretNotText { .. }
             | Error::CleanupUnreachable { .. } => ("DependencyMissing", false),
             Error::Finalizer(_) => ("FinalizerFailed", false),
+            Error::NotLeading(_) => ("NotLeading", false),
         }
     }
 }

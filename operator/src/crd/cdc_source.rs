@@ -183,9 +183,11 @@ impl Default for OrderLineColumns {
     }
 }
 
-/// The replication-slot guard: measures retained WAL every interval, warns past `warnRetainedWal`
-/// and, with action `drop`, drops the slot past `dropRetainedWal` (or when PostgreSQL reports
-/// its WAL `lost`).
+/// The replication-slot guard: every interval it measures retained WAL and the reader's
+/// confirmed position, warns past `warnRetainedWal`, and with action `drop` drops the slot when
+/// PostgreSQL reports its WAL `lost`, when its reader is gone (past `dropRetainedWal` or
+/// `maxInactive`), or when a connected reader has confirmed nothing for `maxUnconfirmed`. A
+/// connected reader that keeps confirming is never ended unless `dropOnRetainedWal` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SlotGuard {
@@ -195,13 +197,24 @@ pub struct SlotGuard {
     /// Retained WAL above which a Warning is raised, e.g. `1Gi`.
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub warn_retained_wal: String,
-    /// Retained WAL above which the slot is dropped (action `drop`), e.g. `2Gi`.
+    /// Retained WAL above which a slot without a reader is dropped (action `drop`), e.g. `2Gi`;
+    /// with a connected reader, only with `dropOnRetainedWal`.
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
     pub drop_retained_wal: String,
     /// Also act when the slot has had no reader for this long, e.g. `24h`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
     pub max_inactive: Option<String>,
+    /// Drop the slot of a connected reader that has confirmed nothing for this long while WAL
+    /// waits for it (a hung or deadlocked reader), e.g. `15m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub max_unconfirmed: Option<String>,
+    /// Also drop past `dropRetainedWal` when the reader is connected and confirming (the WAL is
+    /// then held back by a long transaction, or the reader is slow): choose this when the
+    /// database's disk matters more than the stream, which must then be re-created and
+    /// re-snapshotted.
+    pub drop_on_retained_wal: bool,
     pub action: GuardAction,
     /// Also guard slots kartflow did not create (off: unowned slots are never touched).
     pub guard_unowned: bool,
@@ -214,6 +227,8 @@ impl Default for SlotGuard {
             warn_retained_wal: "1Gi".into(),
             drop_retained_wal: "2Gi".into(),
             max_inactive: None,
+            max_unconfirmed: Some("15m".into()),
+            drop_on_retained_wal: false,
             action: GuardAction::Drop,
             guard_unowned: false,
         }
@@ -268,19 +283,55 @@ pub struct SlotFacts {
     pub safe_wal_size: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_flush_lsn: Option<String>,
+    /// WAL the reader has yet to confirm, in bytes (`pg_current_wal_lsn() - confirmed_flush_lsn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_lag_bytes: Option<i64>,
+    /// RFC 3339 time since which the confirmed position has not moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_unchanged_since: Option<String>,
+    /// Why the slot retains WAL, when it is above a threshold or must go: `ReaderGone`,
+    /// `ReaderStuck`, `ReaderBehind`, `HeldBackByTransaction` or `WalLost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The backend whose open transaction holds the slot back (`HeldBackByTransaction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back_by_pid: Option<i32>,
+    /// How long that transaction has been open (`2h5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back_for: Option<String>,
     /// RFC 3339 time of the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<String>,
 }
 
-/// The guard's last drop.
+/// The guard's last drop. It is written before the `DROP` (outcome `Pending`) and again after
+/// it, so a drop is never forgotten, whatever fails in between.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotDrop {
     pub at: String,
     pub retained_bytes: i64,
     pub reason: String,
-    /// The `metadata.generation` at the drop: the slot is recreated only after the spec changes.
+    /// `ReaderGone`, `ReaderStuck`, `WalLost`, …: see `slot.cause`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// `Pending` (decided and recorded, not yet done), `Dropped`, or `Gone` (the slot had
+    /// already disappeared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// `spec.slot.recreateNonce` at the drop: the slot is recreated, and the CDC worker
+    /// started again, only once it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreate_nonce: Option<i64>,
+    /// The `metadata.generation` at the drop (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+}
+
+impl SlotDrop {
+    /// The user has not acknowledged this drop: `spec.slot.recreateNonce` is what it was at
+    /// the drop. No other spec change counts.
+    pub fn awaiting_ack(&self, spec: &CdcSourceSpec) -> bool {
+        self.recreate_nonce == spec.slot.recreate_nonce
+    }
 }

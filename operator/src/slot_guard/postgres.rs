@@ -8,7 +8,7 @@ use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::policy::SlotReading;
+use super::policy::{OpenTransaction, SlotReading};
 use crate::crd::cdc_source::SslMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,7 +282,9 @@ pub async fn read_slot(
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
                     s.safe_wal_size, s.confirmed_flush_lsn::text, \
                     (extract(epoch FROM (to_jsonb(s) ->> 'inactive_since')::timestamptz) \
-                     * 1000000)::bigint \
+                     * 1000000)::bigint, \
+                    pg_wal_lsn_diff(s.confirmed_flush_lsn, '0/0')::bigint, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
              FROM pg_replication_slots s WHERE s.slot_name = $1",
             &[&slot_name],
         )
@@ -311,8 +313,39 @@ pub async fn read_slot(
         retained_bytes: row.try_get(3).map_err(decode)?,
         safe_wal_size: row.try_get(4).map_err(decode)?,
         confirmed_flush_lsn: row.try_get(5).map_err(decode)?,
+        confirmed_position: row.try_get(7).map_err(decode)?,
+        confirmed_lag_bytes: row.try_get(8).map_err(decode)?,
+        confirmed_unchanged_since: None,
         inactive_since,
+        oldest_transaction: oldest_transaction(db).await?,
     })
+}
+
+/// The oldest open transaction that has written WAL (it has an xid): logical decoding must
+/// keep WAL from its start, so it is what holds a slot's restart position back.
+async fn oldest_transaction(db: &Db) -> Result<Option<OpenTransaction>, GuardError> {
+    let row = db
+        .client
+        .query_opt(
+            "SELECT pid, (extract(epoch FROM now() - xact_start) * 1000)::bigint \
+             FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL \
+               AND pid <> pg_backend_pid() \
+             ORDER BY xact_start LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| db.query_error("reading the oldest open transaction", e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let decode = |e| db.query_error("decoding the oldest open transaction", e);
+    let pid: i32 = row.try_get(0).map_err(decode)?;
+    let ms: Option<i64> = row.try_get(1).map_err(decode)?;
+    Ok(Some(OpenTransaction {
+        pid,
+        age: Duration::from_millis(ms.and_then(|m| u64::try_from(m).ok()).unwrap_or(0)),
+    }))
 }
 
 /// `"name"`, doubling embedded quotes: names are taken literally (case-sensitive).

@@ -2,7 +2,7 @@
 //! metric label of each verdict, and the Events of creating and deleting. The controller
 //! publishes what these functions return.
 
-use super::policy::{GuardPolicy, Verdict};
+use super::policy::{Cause, GuardPolicy, Verdict};
 use crate::units::format_bytes;
 
 /// Event action of the periodic guard check.
@@ -81,8 +81,10 @@ pub struct Check<'a> {
 pub enum Step {
     /// Nothing but reporting.
     Report(CheckReport),
-    /// Drop the slot (terminating `terminate_pid` first), then report with [`dropped`].
+    /// Record the drop, drop the slot (terminating `terminate_pid` first), then report with
+    /// [`dropped`].
     Drop {
+        cause: Cause,
         reason: String,
         terminate_pid: Option<i32>,
     },
@@ -120,9 +122,9 @@ pub fn step(verdict: &Verdict, check: &Check<'_>) -> Step {
             SlotCondition::unhealthy(
                 "SlotDropped",
                 format!(
-                    "the guard dropped slot {slot}; changes committed since then were not \
-                     captured. Change the spec (e.g. set spec.slot.recreateNonce) to recreate \
-                     the slot, and re-snapshot if you need them"
+                    "the guard dropped slot {slot} and stopped the CDC worker; changes committed \
+                     since then were not captured. Change spec.slot.recreateNonce to recreate \
+                     the slot and start the worker again, and re-snapshot if you need them"
                 ),
             ),
             None,
@@ -134,9 +136,9 @@ pub fn step(verdict: &Verdict, check: &Check<'_>) -> Step {
             ),
             None,
         ),
-        Verdict::Warn { reason } => report(
-            SlotCondition::unhealthy("RetainedWalHigh", reason.clone()),
-            Some(Notice::warning("RetainedWalHigh", reason.clone())),
+        Verdict::Warn { cause, reason } => report(
+            SlotCondition::unhealthy(cause.as_str(), reason.clone()),
+            Some(Notice::warning(cause.as_str(), reason.clone())),
         ),
         Verdict::WouldDropButUnowned { .. } => {
             let msg = verdict.message().unwrap_or_default();
@@ -153,9 +155,11 @@ pub fn step(verdict: &Verdict, check: &Check<'_>) -> Step {
             )
         }
         Verdict::Drop {
+            cause,
             reason,
             terminate_pid,
         } => Step::Drop {
+            cause: cause.clone(),
             reason: reason.clone(),
             terminate_pid: *terminate_pid,
         },
@@ -306,25 +310,39 @@ mod tests {
                 cond(
                     false,
                     "SlotDropped",
-                    "the guard dropped slot kartflow_orders; changes committed since then were \
-                     not captured. Change the spec (e.g. set spec.slot.recreateNonce) to \
-                     recreate the slot, and re-snapshot if you need them",
+                    "the guard dropped slot kartflow_orders and stopped the CDC worker; changes \
+                     committed since then were not captured. Change spec.slot.recreateNonce to \
+                     recreate the slot and start the worker again, and re-snapshot if you need \
+                     them",
                 ),
                 None,
             ),
             (
-                "warn",
+                "warn: the cause is the reason",
                 Verdict::Warn {
-                    reason: "too much".into(),
+                    cause: Cause::HeldBackByTransaction(None),
+                    reason: "held back".into(),
                 },
                 false,
                 "warn",
-                cond(false, "RetainedWalHigh", "too much"),
-                warning("RetainedWalHigh", "too much"),
+                cond(false, "HeldBackByTransaction", "held back"),
+                warning("HeldBackByTransaction", "held back"),
+            ),
+            (
+                "warn without a reader",
+                Verdict::Warn {
+                    cause: Cause::ReaderGone,
+                    reason: "no reader".into(),
+                },
+                false,
+                "warn",
+                cond(false, "ReaderGone", "no reader"),
+                warning("ReaderGone", "no reader"),
             ),
             (
                 "unowned",
                 Verdict::WouldDropButUnowned {
+                    cause: Cause::ReaderGone,
                     reason: over.into(),
                 },
                 false,
@@ -335,6 +353,7 @@ mod tests {
             (
                 "alert only",
                 Verdict::WouldDropButAlertOnly {
+                    cause: Cause::ReaderGone,
                     reason: over.into(),
                 },
                 false,
@@ -357,6 +376,7 @@ mod tests {
     fn a_drop_verdict_asks_for_the_drop_first() {
         let p = policy();
         let v = Verdict::Drop {
+            cause: Cause::ReaderStuck,
             reason: "why".into(),
             terminate_pid: Some(42),
         };
@@ -364,6 +384,7 @@ mod tests {
         assert_eq!(
             step(&v, &check(&p, false)),
             Step::Drop {
+                cause: Cause::ReaderStuck,
                 reason: "why".into(),
                 terminate_pid: Some(42),
             }

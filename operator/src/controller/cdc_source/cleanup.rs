@@ -36,7 +36,7 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::await_change());
     }
     // The reader would reconnect to the slot while we drop it; stop it first.
-    if let Some(reader) = children::cdc_source(&cdc)
+    if let Some(reader) = children::cdc_source(&cdc, false)
         .ok()
         .and_then(|c| c.deployment.metadata.name)
     {

@@ -9,9 +9,11 @@ use crate::controller::{Context, Error};
 use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::{CdcSource, CdcSourceStatus};
 use crate::slot_guard::report::{self, Check, Step};
-use crate::slot_guard::{GuardPolicy, SlotReading, decide, drop_record, facts, postgres};
+use crate::slot_guard::{
+    DropStage, GuardPolicy, SlotReading, decide, drop_done, drop_record, facts, postgres, track,
+};
 
-use super::database;
+use super::{database, stored};
 
 /// What one guard check found and did.
 pub(super) struct GuardOutcome {
@@ -39,6 +41,15 @@ pub(super) fn forget(cdc: &CdcSource, ctx: &Context) {
     );
 }
 
+/// The guard dropped the slot and `spec.slot.recreateNonce` has not changed since: the slot
+/// stays gone and the CDC worker stopped.
+pub(super) fn awaiting_ack(cdc: &CdcSource, status: &CdcSourceStatus) -> bool {
+    status
+        .last_drop
+        .as_ref()
+        .is_some_and(|d| d.awaiting_ack(&cdc.spec))
+}
+
 pub(super) async fn guard(
     cdc: &CdcSource,
     ctx: &Context,
@@ -51,26 +62,22 @@ pub(super) async fn guard(
     let db = database::connect(cdc, ctx).await?;
 
     // After a guard drop the slot stays gone until the user acknowledges the gap by changing
-    // the spec (e.g. spec.slot.recreateNonce).
-    let dropped_awaiting_ack = previous
-        .last_drop
-        .as_ref()
-        .is_some_and(|d| d.generation == cdc.metadata.generation);
+    // spec.slot.recreateNonce.
+    let dropped_awaiting_ack = awaiting_ack(cdc, previous);
     let ownership = database::ensure_objects(cdc, ctx, &db, previous, dropped_awaiting_ack).await?;
 
-    let inactive_since = ctx
+    let memory = ctx
         .guard_memory
         .lock()
         .ok()
-        .and_then(|m| m.get(&key(cdc)).copied());
-    let reading = postgres::read_slot(&db, slot, inactive_since).await?;
-    if let Ok(mut m) = ctx.guard_memory.lock() {
-        match reading.inactive_since {
-            Some(t) => m.insert(key(cdc), t),
-            None => m.remove(&key(cdc)),
-        };
-    }
+        .and_then(|m| m.get(&key(cdc)).cloned())
+        .unwrap_or_default();
+    let reading = postgres::read_slot(&db, slot, memory.inactive_since).await?;
     let at = jiff::Timestamp::now();
+    let (reading, memory) = track(reading, &memory, at);
+    if let Ok(mut m) = ctx.guard_memory.lock() {
+        m.insert(key(cdc), memory);
+    }
     let verdict = decide(policy, &reading, ownership.slot_owned, at);
     let labels = [ns.as_str(), name.as_str(), slot.as_str()];
     ctx.metrics
@@ -78,7 +85,7 @@ pub(super) async fn guard(
         .with_label_values(&[ns.as_str(), name.as_str(), report::verdict_label(&verdict)])
         .inc();
     let mut last_drop = previous.last_drop.clone();
-    let mut slot_facts = facts(&reading, at);
+    let mut slot_facts = facts(&reading, verdict.cause(), at);
     let retained_wal = slot_facts.retained_wal.clone().unwrap_or_default();
     let check = Check {
         slot,
@@ -89,16 +96,40 @@ pub(super) async fn guard(
     let checked = match report::step(&verdict, &check) {
         Step::Report(r) => r,
         Step::Drop {
+            cause,
             reason,
             terminate_pid,
         } => {
-            let outcome = postgres::drop_slot(&db, slot, terminate_pid).await?;
-            last_drop = Some(drop_record(
+            // A replica that stopped leading (paused past its lease) must not act on a
+            // decision a standby may be taking too.
+            if let Some(lease) = &ctx.leadership {
+                lease.confirm().await.map_err(Error::NotLeading)?;
+            }
+            // Recorded before the DROP: whatever fails next, the drop is never forgotten and
+            // the slot never silently re-created.
+            let record = drop_record(
+                &cause,
                 &reason,
-                outcome.retained_bytes.or(reading.retained_bytes),
+                reading.retained_bytes,
                 at,
+                cdc.spec.slot.recreate_nonce,
                 cdc.metadata.generation,
-            ));
+            );
+            stored::record(cdc, ctx, serde_json::json!({ "lastDrop": &record })).await?;
+            let outcome = postgres::drop_slot(&db, slot, terminate_pid).await?;
+            let stage = if outcome.dropped {
+                DropStage::Dropped
+            } else {
+                DropStage::Gone
+            };
+            let record = drop_done(record, stage, outcome.retained_bytes);
+            // The final status write below carries it too; this one survives its failure.
+            if let Err(e) =
+                stored::record(cdc, ctx, serde_json::json!({ "lastDrop": &record })).await
+            {
+                tracing::warn!(error = %e, "cannot record the drop's outcome; it stays Pending");
+            }
+            last_drop = Some(record);
             ctx.metrics.slot_drops.with_label_values(&labels).inc();
             let r = report::dropped(slot, &reason, outcome.terminated);
             tracing::warn!(
@@ -107,7 +138,7 @@ pub(super) async fn guard(
                 "{}",
                 r.condition.message
             );
-            slot_facts = facts(&SlotReading::missing(slot.as_str()), at);
+            slot_facts = facts(&SlotReading::missing(slot.as_str()), Some(&cause), at);
             r
         }
     };

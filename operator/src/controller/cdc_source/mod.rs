@@ -70,7 +70,8 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
         Ok(p) => p,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
     };
-    let children = match children::cdc_source(&cdc) {
+    let stopped = guard::awaiting_ack(&cdc, &previous);
+    let children = match children::cdc_source(&cdc, stopped) {
         Ok(c) => c,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e.into()).await),
     };
@@ -89,6 +90,25 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
         Ok(g) => g,
         Err(e) => return Err(report_failure(cdc.as_ref(), &ctx, previous, e).await),
     };
+    // Dropped in this check: stop the worker now rather than at the next one.
+    let stopped_now = !stopped
+        && guard
+            .last_drop
+            .as_ref()
+            .is_some_and(|d| d.awaiting_ack(&cdc.spec));
+    let deployment = if stopped_now {
+        let stopped = children::cdc_source(&cdc, true).map_err(Error::from)?;
+        apply::apply_workload(
+            &ctx.client,
+            &stopped.config_map,
+            &stopped.deployment,
+            &stopped.service,
+        )
+        .await?
+    } else {
+        deployment
+    };
+    let stopped = stopped || stopped_now;
 
     let ds = deployment.status.unwrap_or_default();
     let ready = ds.ready_replicas.unwrap_or(0);
@@ -105,16 +125,26 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
             generation,
             phase,
             vec![
-                Cond::new(
-                    READY,
-                    reader_ready,
-                    if reader_ready {
-                        "ReaderReady"
-                    } else {
-                        "ReaderNotReady"
-                    },
-                    format!("{ready}/1 CDC worker ready"),
-                ),
+                if stopped {
+                    Cond::new(
+                        READY,
+                        false,
+                        "StoppedAfterSlotDrop",
+                        "the CDC worker is stopped because the guard dropped its slot; change \
+                         spec.slot.recreateNonce to recreate the slot and start it again",
+                    )
+                } else {
+                    Cond::new(
+                        READY,
+                        reader_ready,
+                        if reader_ready {
+                            "ReaderReady"
+                        } else {
+                            "ReaderNotReady"
+                        },
+                        format!("{ready}/1 CDC worker ready"),
+                    )
+                },
                 guard.slot_cond,
             ],
         ),
