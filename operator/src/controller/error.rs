@@ -78,6 +78,8 @@ impl Error {
             // quantity in a pod override): fixing the spec is the only way out.
             Error::Kube(kube::Error::Api(s)) if s.code == 422 => ("ChildRejected", true),
             Error::Kube(_) => ("KubernetesApiError", false),
+            // The TLS mode, the tables or the slot's name: waiting will not fix them.
+            Error::Guard(g) if g.is_spec_error() => ("InvalidSpec", true),
             Error::Guard(_) => ("PostgresError", false),
             Error::Dependency { .. }
             | Error::SecretNotText { .. }
@@ -167,6 +169,16 @@ mod tests {
             (
                 GuardError::NoTables {
                     publication: "p".into(),
+                }
+                .into(),
+                "InvalidSpec",
+                true,
+            ),
+            (
+                GuardError::SlotBusy {
+                    slot: "s".into(),
+                    attempts: 5,
+                    last_pid: None,
                 }
                 .into(),
                 "PostgresError",

@@ -61,7 +61,13 @@ pub struct CdcSourceSpec {
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub heartbeat_interval: String,
     #[serde(default)]
-    #[x_kube(validation = Rule::new("quantity(self.warnRetainedWal).isLessThan(quantity(self.dropRetainedWal))").message("guard.warnRetainedWal must be less than guard.dropRetainedWal"))]
+    // Each quantity rule first checks that both values parse, so a value its own pattern already
+    // refuses is reported once, by that pattern, instead of twice.
+    #[x_kube(
+        validation = Rule::new("!isQuantity(self.warnRetainedWal) || !isQuantity(self.dropRetainedWal) || quantity(self.warnRetainedWal).isLessThan(quantity(self.dropRetainedWal))").message(kube::core::cel::Message::Expression("'guard.warnRetainedWal (' + self.warnRetainedWal + ') must be less than guard.dropRetainedWal (' + self.dropRetainedWal + ')'".into())),
+        validation = Rule::new("!isQuantity(self.dropRetainedWal) || quantity(self.dropRetainedWal).isGreaterThan(quantity('0'))").message("guard.dropRetainedWal is zero: it must be more than 0, or every slot would be past it"),
+        validation = Rule::new("!self.checkInterval.matches('^[0-9]+(ms|s|m|h)$') || duration(self.checkInterval) >= duration('1s')").message(kube::core::cel::Message::Expression("'guard.checkInterval must be at least 1s, got ' + self.checkInterval + ': each check opens a query to the database and writes status'".into())),
+    )]
     pub guard: SlotGuard,
 }
 
@@ -95,13 +101,19 @@ fn default_port() -> i32 {
 }
 
 /// The publication the slot streams.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.create || (has(self.tables) && size(self.tables) > 0)").message("publication.tables must list at least one table (schema.table) when publication.create is true: kartflow creates the publication for those tables"))]
 pub struct Publication {
-    #[schemars(length(min = 1, max = 63))]
+    /// An identifier: a letter or `_`, then letters, digits and `_`, at most 63 characters.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
     pub name: String,
-    /// Tables to publish (`schema.table`); used when kartflow creates the publication.
+    /// Tables to publish (`schema.table` or `table`); used when kartflow creates the
+    /// publication.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(
+        pattern = r"^([A-Za-z_][A-Za-z0-9_$]{0,62}\.)?[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+    )))]
     pub tables: Vec<String>,
     /// Create the publication if it does not exist (and drop it with the slot on delete).
     #[serde(default = "yes")]
@@ -115,7 +127,7 @@ pub struct Slot {
     /// Slot name: lowercase letters, digits and underscores, at most 63 characters (what
     /// PostgreSQL accepts). Immutable: a renamed slot would orphan the old one.
     #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("slot.name is immutable: create a new CdcSource to use another slot"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(kube::core::cel::Message::Expression("'slot.name is immutable (it was ' + oldSelf + ', now ' + self + '): create a new CdcSource to use another slot'".into())))]
     pub name: String,
     /// Create the slot if it does not exist.
     #[serde(default = "yes")]
@@ -203,12 +215,12 @@ pub struct SlotGuard {
     pub drop_retained_wal: String,
     /// Also act when the slot has had no reader for this long, e.g. `24h`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(ms|s|m|h|d)$"))]
     pub max_inactive: Option<String>,
     /// Drop the slot of a connected reader that has confirmed nothing for this long while WAL
     /// waits for it (a hung or deadlocked reader), e.g. `15m`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(ms|s|m|h|d)$"))]
     pub max_unconfirmed: Option<String>,
     /// Also drop past `dropRetainedWal` when the reader is connected and confirming (the WAL is
     /// then held back by a long transaction, or the reader is slow): choose this when the

@@ -24,10 +24,18 @@ pub enum PolicyError {
     #[error("spec.guard.{field}: {value:?} must be more than zero")]
     Zero { field: &'static str, value: String },
     #[error(
+        "spec.guard.checkInterval: {value:?} is too short: at least 1s (each check queries the \
+         database and writes status)"
+    )]
+    IntervalTooShort { value: String },
+    #[error(
         "spec.guard.warnRetainedWal ({warn}) must be less than spec.guard.dropRetainedWal ({drop})"
     )]
     WarnNotBelowDrop { warn: String, drop: String },
 }
+
+/// The CRD refuses shorter intervals too; this catches objects that bypassed it.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A byte threshold as configured: the number to compare and the text to show people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +71,11 @@ impl GuardPolicy {
     /// from an older CRD or bypass CEL, so every error names its field again.
     pub fn from_spec(spec: &SlotGuard) -> Result<Self, PolicyError> {
         let check_interval = nonzero_duration("checkInterval", &spec.check_interval)?;
+        if check_interval < MIN_CHECK_INTERVAL {
+            return Err(PolicyError::IntervalTooShort {
+                value: spec.check_interval.clone(),
+            });
+        }
         let warn = threshold("warnRetainedWal", &spec.warn_retained_wal)?;
         let drop = threshold("dropRetainedWal", &spec.drop_retained_wal)?;
         if warn.bytes >= drop.bytes {
@@ -688,7 +701,14 @@ mod tests {
     #[test]
     fn policy_errors_name_the_field() {
         let base = SlotGuard::default();
-        let cases: [(&str, SlotGuard); 8] = [
+        let cases: [(&str, SlotGuard); 9] = [
+            (
+                "spec.guard.checkInterval: \"500ms\" is too short: at least 1s",
+                SlotGuard {
+                    check_interval: "500ms".into(),
+                    ..base.clone()
+                },
+            ),
             (
                 "spec.guard.checkInterval: \"often\" is not a duration",
                 SlotGuard {

@@ -71,6 +71,17 @@ pub enum GuardError {
 }
 
 impl GuardError {
+    /// Only a change of the spec can fix this (the TLS mode, the tables, the slot's name).
+    pub fn is_spec_error(&self) -> bool {
+        matches!(
+            self,
+            GuardError::TlsUnsupported { .. }
+                | GuardError::NoTables { .. }
+                | GuardError::BadTableName { .. }
+                | GuardError::SlotMismatch { .. }
+        )
+    }
+
     /// The connection is gone: reconnect before the next check.
     pub fn is_connection_closed(&self) -> bool {
         match self {

@@ -1,5 +1,5 @@
-//! Deletion of a `CdcSource`: stop the reader, drop the slot kartflow owns (or is allowed to
-//! guard) and the publication it created.
+//! Deletion of a `CdcSource`: stop the reader, drop the slot kartflow created and the
+//! publication it created.
 
 use std::sync::Arc;
 
@@ -25,7 +25,9 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
         tracing::info!(slot = %slot, "dropOnDelete is false: slot left in place");
         return Ok(Action::await_change());
     }
-    let owned = status.slot_owned.unwrap_or(false) || cdc.spec.guard.guard_unowned;
+    // Only what kartflow created: guardUnowned lets the guard drop a runaway slot, never makes
+    // deleting a CdcSource take someone else's slot with it.
+    let owned = status.slot_owned.unwrap_or(false);
     let publication = status.publication_created.unwrap_or(false);
     if !owned {
         ctx.notice(cdc.as_ref(), report::slot_kept(slot)).await;
@@ -49,6 +51,9 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
             source: Box::new(e),
         })?;
     if owned {
+        if let Some(lease) = &ctx.leadership {
+            lease.confirm().await.map_err(Error::NotLeading)?;
+        }
         let outcome = postgres::drop_slot(&db, slot, None).await?;
         ctx.notice(
             cdc.as_ref(),

@@ -112,16 +112,14 @@ async fn a_tls_mode_the_guard_cannot_speak_fails_before_connecting() {
         // kartflow / secret
         "data": {"username": "a2FydGZsb3c=", "password": "c2VjcmV0"}
     });
+    // A spec the guard cannot serve: permanent, evented, not retried.
     let script = children_applied(Script::new().then(get_status(&cdc)))
         .then(get(SECRET, secret))
+        .then(event(&cdc, "Warning", "InvalidSpec"))
         .then(apply_status(&cdc).body(|b| {
             let st = &b["status"];
-            assert_eq!(st["phase"], "Degraded", "{st}");
-            assert_eq!(
-                condition(st, "Reconciled")["reason"],
-                "PostgresError",
-                "{st}"
-            );
+            assert_eq!(st["phase"], "Failed", "{st}");
+            assert_eq!(condition(st, "Reconciled")["reason"], "InvalidSpec", "{st}");
         }));
     let r = testing::reconcile(script, |ctx| reconcile(typed(&cdc), ctx)).await;
     let err = r.result.as_ref().expect_err("TLS unsupported");
@@ -129,7 +127,7 @@ async fn a_tls_mode_the_guard_cannot_speak_fails_before_connecting() {
         err.to_string().starts_with("spec.postgres.sslMode require"),
         "{err}"
     );
-    assert_eq!(r.errors(KIND, "PostgresError"), 1);
+    assert_eq!(r.errors(KIND, "InvalidSpec"), 1);
 }
 
 #[tokio::test]
