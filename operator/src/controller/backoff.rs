@@ -53,9 +53,33 @@ pub fn backoff_for(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// The longest a kind may wait between tries, whatever the back-off says.
+pub(crate) trait RetryCap {
+    fn retry_cap(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl RetryCap for crate::crd::InventoryPipeline {}
+impl RetryCap for crate::crd::ReadModel {}
+
+/// The guard promises to act within one check interval: a database that was down for a while
+/// must not push the next check minutes past it.
+impl RetryCap for crate::crd::CdcSource {
+    fn retry_cap(&self) -> Option<Duration> {
+        crate::slot_guard::GuardPolicy::from_spec(&self.spec.guard)
+            .ok()
+            .map(|p| p.check_interval)
+    }
+}
+
+fn capped(delay: Duration, cap: Option<Duration>) -> Duration {
+    cap.map_or(delay, |c| delay.min(c))
+}
+
 /// Transient errors are retried with back-off; permanent ones were already reported by the
 /// reconcile (condition + Event) and wait for a change of the object.
-pub(super) fn error_policy<K: Resource<DynamicType = ()>>(
+pub(super) fn error_policy<K: Resource<DynamicType = ()> + RetryCap>(
     obj: Arc<K>,
     err: &Error,
     ctx: Arc<Context>,
@@ -63,7 +87,7 @@ pub(super) fn error_policy<K: Resource<DynamicType = ()>>(
     if err.is_permanent() {
         return Action::await_change();
     }
-    let delay = ctx.backoff.failed(obj.as_ref());
+    let delay = capped(ctx.backoff.failed(obj.as_ref()), obj.retry_cap());
     tracing::warn!(
         kind = %K::kind(&()),
         namespace = obj.namespace().unwrap_or_default(),
@@ -78,6 +102,25 @@ pub(super) fn error_policy<K: Resource<DynamicType = ()>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guarded_source_is_retried_within_its_check_interval() {
+        let cdc: crate::crd::CdcSource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kartflow.io/v1alpha1", "kind": "CdcSource",
+            "metadata": {"name": "o", "namespace": "n"},
+            "spec": {"image": "w", "postgres": {"host": "h", "database": "d",
+                     "credentialsSecretRef": {"name": "s"}},
+                     "publication": {"name": "p", "tables": ["t"]}, "slot": {"name": "s"},
+                     "kafka": {"bootstrapServers": "k:1"}, "guard": {"checkInterval": "20s"}}
+        }))
+        .expect("fixture");
+        assert_eq!(cdc.retry_cap(), Some(Duration::from_secs(20)));
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| capped(backoff_for(n), cdc.retry_cap()).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 20, 20, 20]);
+        assert_eq!(capped(backoff_for(12), None).as_secs(), 300);
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

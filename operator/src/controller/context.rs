@@ -22,6 +22,8 @@ pub struct Context {
     pub leadership: Option<crate::leader::LeaseCheck>,
     /// Consecutive failures per object.
     pub(super) backoff: Backoff,
+    /// When each object last got a Warning Event for a transient failure, per reason.
+    pub(super) degraded_events: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -37,6 +39,7 @@ impl Context {
             guard_memory: Mutex::default(),
             leadership: None,
             backoff: Backoff::default(),
+            degraded_events: Mutex::default(),
         }
     }
 }

@@ -360,6 +360,8 @@ mod tests {
         );
         let script = Script::new()
             .then(get_missing("/api/v1/namespaces/prod/configmaps/products"))
+            // A transient failure is evented too, at most every 10 minutes.
+            .then(event(&ip, "Warning", "DependencyMissing"))
             .then(apply_status(&ip).body(|b| {
                 let st = &b["status"];
                 assert_eq!(st["phase"], "Degraded", "{st}");

@@ -303,6 +303,8 @@ mod tests {
         let rm = read_model(1, json!({}));
         let script = Script::new()
             .then(get_missing(PIPELINE))
+            // A transient failure is evented too, at most every 10 minutes.
+            .then(event(&rm, "Warning", "PipelineNotFound"))
             .then(apply_status(&rm).body(|b| {
                 let st = &b["status"];
                 assert_eq!(st["phase"], "Degraded", "{st}");

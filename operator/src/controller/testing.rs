@@ -438,7 +438,7 @@ where
 /// What the retry policy does after `err`, with a fresh back-off.
 pub(crate) fn retry_after<K>(obj: K, err: &Error) -> Action
 where
-    K: kube::Resource<DynamicType = ()>,
+    K: kube::Resource<DynamicType = ()> + super::backoff::RetryCap,
 {
     let (ctx, _handle, _) = mocked();
     super::backoff::error_policy(Arc::new(obj), err, ctx)

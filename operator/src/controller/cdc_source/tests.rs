@@ -77,6 +77,8 @@ async fn a_missing_secret_applies_the_reader_and_is_retried() {
     let cdc = source(json!({}), &[FINALIZER]);
     let script = children_applied(Script::new().then(get_status(&cdc)))
         .then(get_missing(SECRET))
+        // A transient failure is evented too, at most every 10 minutes.
+        .then(event(&cdc, "Warning", "DependencyMissing"))
         .then(apply_status(&cdc).body(|b| {
             let st = &b["status"];
             assert_eq!(st["phase"], "Degraded", "{st}");
