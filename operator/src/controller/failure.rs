@@ -59,21 +59,6 @@ impl Context {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn degraded_events_are_rate_limited() {
-        let t0 = Instant::now();
-        let every = Duration::from_secs(600);
-        assert!(due(None, t0, every), "the first one is published");
-        assert!(!due(Some(t0), t0 + Duration::from_secs(599), every));
-        assert!(due(Some(t0), t0 + every, every));
-    }
-}
-
 /// Records a failed reconcile in status (and as a Warning Event when the spec is at fault) and
 /// returns the error for the retry policy. Fields other than phase and conditions keep what the
 /// last good reconcile wrote.
@@ -111,4 +96,19 @@ where
         tracing::warn!(error = %e, "cannot write status");
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn degraded_events_are_rate_limited() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(600);
+        assert!(due(None, t0, every), "the first one is published");
+        assert!(!due(Some(t0), t0 + Duration::from_secs(599), every));
+        assert!(due(Some(t0), t0 + every, every));
+    }
 }
