@@ -182,6 +182,7 @@ async fn operator_end_to_end() {
     let _release = Uninstall;
     let apps = TestNamespace::create(&client, "kf-apps").await;
     children_follow_the_spec(&client, &apps.name).await;
+    crash_looping_workers_show_their_error(&client, &apps.name).await;
     slot_guard(&client, system, &apps.name).await;
     latency_and_memory(&client, system, &apps.name).await;
     failover(&client, system, &apps.name).await;
@@ -460,6 +461,55 @@ where
         },
     )
     .await
+}
+
+/// A pipeline whose workers cannot start (their input topic does not exist) says why on the
+/// CR, in the worker's own words, instead of "children are up to date".
+async fn crash_looping_workers_show_their_error(client: &Client, ns: &str) {
+    let kafka = stack::settings().kafka_bootstrap;
+    let pipelines: Api<InventoryPipeline> = Api::namespaced(client.clone(), ns);
+    let missing = stack::unique_name("e2e-missing-updates");
+    apply(
+        &pipelines,
+        json!({
+            "apiVersion": "kartflow.io/v1alpha1", "kind": "InventoryPipeline",
+            "metadata": {"name": "crashy"},
+            "spec": {"image": "kartflow/worker:dev", "kafka": {"bootstrapServers": kafka},
+                     "topics": {"productUpdates": missing}}
+        }),
+    )
+    .await;
+    let t0 = Instant::now();
+    let ready = wait_for("crashy: Ready=False with the worker's error", T, || async {
+        let st = pipelines.get("crashy").await.ok()?.status?;
+        st.common
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "WorkerCrashLooping")
+    })
+    .await;
+    eprintln!(
+        "MEASURE crash-looping worker -> reported on the CR in {:.1?}",
+        t0.elapsed()
+    );
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .contains(&format!("topic {missing} does not exist")),
+        "the condition carries the worker's own last line: {}",
+        ready.message
+    );
+    let phase = pipelines
+        .get("crashy")
+        .await
+        .ok()
+        .and_then(|p| p.status?.common.phase);
+    assert_eq!(phase.as_deref(), Some("Degraded"));
+    pipelines
+        .delete("crashy", &DeleteParams::default())
+        .await
+        .expect("delete crashy");
 }
 
 async fn children_follow_the_spec(client: &Client, ns: &str) {

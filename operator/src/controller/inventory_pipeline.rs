@@ -10,7 +10,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::failure::report_failure;
 use super::observe::observe;
-use super::rollout::rollout;
+use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
 use super::trigger::controller_for;
 use super::{Context, Error, apply};
@@ -77,6 +77,8 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
                 format!("{ready}/{desired} workers ready"),
             ),
         )
+    } else if let Some(crashing) = rollout::crash_condition(&ctx.client, &deployment).await? {
+        ("Degraded", crashing)
     } else {
         (
             "Progressing",
@@ -116,7 +118,11 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
     if ip.status.as_ref() != Some(&status) {
         apply::apply_status(&ctx.client, ip.as_ref(), &status).await?;
     }
-    Ok(Action::requeue(std::time::Duration::from_secs(300)))
+    Ok(Action::requeue(if rolled_out {
+        std::time::Duration::from_secs(300)
+    } else {
+        rollout::NOT_READY_RECHECK
+    }))
 }
 
 /// The products ConfigMap must exist with its key, or the workers would hang in
@@ -249,7 +255,8 @@ mod tests {
         let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
         assert_eq!(
             r.result.as_ref().expect("reconciles"),
-            &Action::requeue(Duration::from_secs(300))
+            // Not ready yet: looked at again soon, a crash loop would not trigger a reconcile.
+            &Action::requeue(super::rollout::NOT_READY_RECHECK)
         );
         assert_eq!(r.reconciles(KIND, "ok"), 1);
     }

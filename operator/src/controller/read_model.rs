@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::failure::report_failure;
 use super::observe::observe;
-use super::rollout::rollout;
+use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
 use super::trigger::{api, controller_for};
 use super::{Context, Error, apply};
@@ -141,6 +141,8 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
             "Idle",
             Cond::new(READY, false, "ScaledToZero", "no replicas requested"),
         )
+    } else if let Some(crashing) = rollout::crash_condition(&ctx.client, &deployment).await? {
+        ("Degraded", crashing)
     } else {
         (
             "Progressing",
@@ -166,7 +168,11 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     if rm.status.as_ref() != Some(&status) {
         apply::apply_status(&ctx.client, rm.as_ref(), &status).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(if rolled_out {
+        Duration::from_secs(300)
+    } else {
+        rollout::NOT_READY_RECHECK
+    }))
 }
 
 #[cfg(test)]
@@ -263,7 +269,8 @@ mod tests {
         let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
         assert_eq!(
             r.result.as_ref().expect("reconciles"),
-            &Action::requeue(Duration::from_secs(300))
+            // Not ready yet: looked at again soon, a crash loop would not trigger a reconcile.
+            &Action::requeue(super::rollout::NOT_READY_RECHECK)
         );
         assert_eq!(r.reconciles(KIND, "ok"), 1);
     }

@@ -110,6 +110,11 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
     };
     let stopped = stopped || stopped_now;
 
+    let crashing = if stopped {
+        None
+    } else {
+        super::rollout::crash_condition(&ctx.client, &deployment).await?
+    };
     let ds = deployment.status.unwrap_or_default();
     let ready = ds.ready_replicas.unwrap_or(0);
     let reader_ready = ready >= 1;
@@ -125,7 +130,9 @@ async fn apply_source(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Action, 
             generation,
             phase,
             vec![
-                if stopped {
+                if let Some(c) = crashing {
+                    c
+                } else if stopped {
                     Cond::new(
                         READY,
                         false,
