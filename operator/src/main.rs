@@ -33,9 +33,9 @@ struct Cli {
     /// A standby takes over at most this long after the leader stopped renewing.
     #[arg(long, env = "KARTFLOW_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
-    /// Only reconcile objects in this namespace (empty: all namespaces).
-    #[arg(long, env = "KARTFLOW_WATCH_NAMESPACE", default_value = "")]
-    watch_namespace: String,
+    /// Only reconcile objects in these namespaces, comma-separated (empty: all namespaces).
+    #[arg(long, env = "KARTFLOW_WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
     /// Log format on stderr; the level comes from KARTFLOW_LOG (default info).
     #[arg(long, value_enum, env = "KARTFLOW_LOG_FORMAT", default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -139,7 +139,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     tracing::info!(identity = %identity, "leading: starting the controllers");
     metrics.leader.set(1);
 
-    let namespace = Some(cli.watch_namespace).filter(|n| !n.is_empty());
+    let namespaces = controller::namespaces(&cli.watch_namespaces);
     let client_for_watchdog = client.clone();
     let mut ctx = Context::new(client.clone(), metrics.clone(), &identity);
     ctx.leadership = Some(leader::LeaseCheck::new(client, &settings));
@@ -150,7 +150,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let stop = futures::FutureExt::shared(Box::pin(stop));
-    let controllers = tokio::spawn(controller::run(ctx, namespace, stop));
+    let controllers = tokio::spawn(controller::run(ctx, namespaces, stop));
 
     let lost = async {
         loop {

@@ -23,4 +23,4 @@ mod trigger;
 pub use backoff::backoff_for;
 pub use context::Context;
 pub use error::Error;
-pub use run::run;
+pub use run::{namespaces, run};
