@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kartflow_operator::crd::cdc_source::{GuardAction, SlotGuard, SslMode};
-use kartflow_operator::slot_guard::postgres::quote_ident;
+use kartflow_operator::slot_guard::postgres::{self, quote_ident};
 use kartflow_operator::slot_guard::{
     self, Cause, Db, DropOutcome, DropStage, GuardError, GuardPolicy, SlotMemory, SlotReading,
     Verdict, decide, drop_done, drop_record, facts, track,
@@ -29,6 +29,20 @@ struct Target {
     database: String,
     user: String,
     password: String,
+}
+
+impl Target {
+    fn with<'a>(&'a self, ssl_mode: SslMode, ca_pem: Option<&'a [u8]>) -> postgres::Target<'a> {
+        postgres::Target {
+            host: &self.host,
+            port: self.port,
+            database: &self.database,
+            user: &self.user,
+            password: &self.password,
+            ssl_mode,
+            ca_pem,
+        }
+    }
 }
 
 fn target() -> Target {
@@ -52,17 +66,9 @@ fn target() -> Target {
 /// down) and the guard's connection.
 async fn connect() -> (Client, Db) {
     let admin = kartflow_testkit::postgres().await;
-    let t = target();
-    let db = slot_guard::connect(
-        &t.host,
-        t.port,
-        &t.database,
-        &t.user,
-        &t.password,
-        SslMode::Prefer,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the slot guard cannot connect: {e}"));
+    let db = slot_guard::connect(&target().with(SslMode::Prefer, None))
+        .await
+        .unwrap_or_else(|e| panic!("the slot guard cannot connect: {e}"));
     (admin, db)
 }
 
@@ -885,14 +891,10 @@ async fn a_stale_pid_is_never_signalled() {
 async fn connection_errors_say_where_and_what_to_check() {
     let _ = kartflow_testkit::postgres().await;
     let t = target();
-    let err = slot_guard::connect(
-        &t.host,
-        t.port,
-        &t.database,
-        &t.user,
-        "wrong",
-        SslMode::Disable,
-    )
+    let err = slot_guard::connect(&postgres::Target {
+        password: "wrong",
+        ..t.with(SslMode::Disable, None)
+    })
     .await
     .expect_err("wrong password");
     let msg = err.to_string();
@@ -902,14 +904,10 @@ async fn connection_errors_say_where_and_what_to_check() {
         "{msg}"
     );
 
-    let err = slot_guard::connect(
-        &t.host,
-        1,
-        &t.database,
-        &t.user,
-        &t.password,
-        SslMode::Prefer,
-    )
+    let err = slot_guard::connect(&postgres::Target {
+        port: 1,
+        ..t.with(SslMode::Prefer, None)
+    })
     .await
     .expect_err("nothing listens on port 1");
     let msg = err.to_string();
@@ -919,4 +917,84 @@ async fn connection_errors_say_where_and_what_to_check() {
         "{msg}"
     );
     assert!(err.is_connection_closed());
+}
+
+/// The local server's TLS material (hack/postgres/postgres.sh): its CA, an unrelated CA, and a
+/// server certificate for "localhost" only.
+fn tls_file(name: &str) -> Vec<u8> {
+    let dir = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let path = PathBuf::from(dir).join("postgres/tls").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; hack/postgres/postgres.sh up creates it (make dev-up)",
+            path.display()
+        )
+    })
+}
+
+/// Whether the guard's own connection is encrypted, as the server sees it.
+async fn encrypted(db: &Db) -> bool {
+    db.client()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+#[tokio::test]
+#[ignore = "needs the local PostgreSQL: `make test` runs it (or `make dev-up` + --include-ignored)"]
+async fn tls_modes_mean_what_libpq_means() {
+    let _ = kartflow_testkit::postgres().await;
+    let t = target();
+    let ca = tls_file("ca.crt");
+    let other = tls_file("other-ca.crt");
+    let at = |host: &'static str, mode, ca: Option<&'static [u8]>| (host, mode, ca);
+    let ca: &'static [u8] = Box::leak(ca.into_boxed_slice());
+    let other: &'static [u8] = Box::leak(other.into_boxed_slice());
+    // (host, mode, CA, Ok(encrypted) or Err(part of the message))
+    type Case<'a> = ((&'a str, SslMode, Option<&'a [u8]>), Result<bool, &'a str>);
+    let cases: Vec<Case<'_>> = vec![
+        (at("127.0.0.1", SslMode::Disable, None), Ok(false)),
+        (at("127.0.0.1", SslMode::Prefer, None), Ok(true)),
+        (at("127.0.0.1", SslMode::Require, None), Ok(true)),
+        (at("127.0.0.1", SslMode::Require, Some(ca)), Ok(true)),
+        (at("127.0.0.1", SslMode::VerifyCa, Some(ca)), Ok(true)),
+        (at("localhost", SslMode::VerifyFull, Some(ca)), Ok(true)),
+        // The certificate names localhost only.
+        (
+            at("127.0.0.1", SslMode::VerifyFull, Some(ca)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::VerifyCa, Some(other)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::VerifyFull, Some(other)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::Require, Some(other)),
+            Err("certificate"),
+        ),
+    ];
+    for ((host, mode, ca_pem), want) in cases {
+        let target = postgres::Target {
+            host,
+            ..t.with(mode, ca_pem)
+        };
+        let got = slot_guard::connect(&target).await;
+        let name = format!("{host} {mode:?} ca={}", ca_pem.is_some());
+        match (got, want) {
+            (Ok(db), Ok(tls)) => assert_eq!(encrypted(&db).await, tls, "{name}"),
+            (Err(e), Err(says)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(says) && msg.contains(host), "{name}: {msg}");
+            }
+            (got, want) => panic!("{name}: got {:?}, want {want:?}", got.map(|_| "connected")),
+        }
+    }
 }

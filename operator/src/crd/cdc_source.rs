@@ -80,8 +80,9 @@ fn default_heartbeat() -> String {
 }
 
 /// Where the database is. Credentials come only from a Secret.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.sslMode in ['verify-ca', 'verify-full']) || has(self.caCert)").message("postgres.caCert is required with sslMode verify-ca and verify-full: name the Secret or ConfigMap key holding the CA certificate"))]
 pub struct PostgresConnection {
     #[schemars(length(min = 1))]
     pub host: String,
@@ -92,8 +93,38 @@ pub struct PostgresConnection {
     pub database: String,
     /// A Secret with keys `username` and `password`. The role needs `LOGIN REPLICATION`.
     pub credentials_secret_ref: LocalObjectRef,
+    /// libpq's `sslmode`: `disable`, `prefer` (TLS when offered, unverified), `require`
+    /// (encrypted; the chain is checked when `caCert` is set), `verify-ca` (chain checked) or
+    /// `verify-full` (chain and host name checked). Managed databases need one of the last three.
     #[serde(default)]
     pub ssl_mode: SslMode,
+    /// The CA certificate (PEM) that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<CaCertRef>,
+}
+
+/// A key of a Secret or ConfigMap in the same namespace holding PEM CA certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaCertRef {
+    #[serde(default)]
+    pub kind: CaSourceKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum CaSourceKind {
+    #[default]
+    Secret,
+    ConfigMap,
 }
 
 fn default_port() -> i32 {

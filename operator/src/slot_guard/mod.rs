@@ -11,6 +11,7 @@
 pub mod policy;
 pub mod postgres;
 pub mod report;
+pub mod tls;
 
 pub use policy::{
     Cause, DropStage, GuardPolicy, OpenTransaction, PolicyError, SlotMemory, SlotReading,

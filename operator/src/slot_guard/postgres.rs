@@ -23,11 +23,8 @@ const DROP_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum GuardError {
-    #[error(
-        "spec.postgres.sslMode {mode}: TLS to PostgreSQL is not supported by the slot guard yet; \
-         use sslMode prefer or disable"
-    )]
-    TlsUnsupported { mode: &'static str },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     #[error("cannot connect to PostgreSQL at {endpoint}: {detail}; {hint}")]
     Connect {
         endpoint: String,
@@ -75,7 +72,7 @@ impl GuardError {
     pub fn is_spec_error(&self) -> bool {
         matches!(
             self,
-            GuardError::TlsUnsupported { .. }
+            GuardError::Tls(_)
                 | GuardError::NoTables { .. }
                 | GuardError::BadTableName { .. }
                 | GuardError::SlotMismatch { .. }
@@ -213,27 +210,34 @@ impl Db {
     }
 }
 
-/// Connects without TLS: `prefer` means plaintext here, `require` and stricter are refused.
-/// The connection task runs on the current tokio runtime and ends when the [`Db`] is dropped.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    database: &str,
-    user: &str,
-    password: &str,
-    ssl_mode: SslMode,
-) -> Result<Db, GuardError> {
-    let mode = match ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require => return Err(GuardError::TlsUnsupported { mode: "require" }),
-        SslMode::VerifyCa => return Err(GuardError::TlsUnsupported { mode: "verify-ca" }),
-        SslMode::VerifyFull => {
-            return Err(GuardError::TlsUnsupported {
-                mode: "verify-full",
-            });
-        }
-    };
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub database: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub ssl_mode: SslMode,
+    /// PEM CA certificates for `verify-ca` / `verify-full` (and `require`, which then verifies
+    /// the chain).
+    pub ca_pem: Option<&'a [u8]>,
+}
+
+/// Connects with libpq's `sslmode` semantics (see [`super::tls`]). The connection task runs on
+/// the current tokio runtime and ends when the [`Db`] is dropped.
+pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
+    let &Target {
+        host,
+        port,
+        database,
+        user,
+        password,
+        ssl_mode,
+        ca_pem,
+    } = target;
+    let tls = super::tls::setup(ssl_mode, ca_pem)?;
+    let mode = tls.mode;
     let endpoint = format!("{host}:{port}/{database}");
     let mut config = tokio_postgres::Config::new();
     config
@@ -247,7 +251,22 @@ pub async fn connect(
         .connect_timeout(CONNECT_TIMEOUT)
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     // connect_timeout bounds each TCP attempt; this bounds the whole handshake.
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(NoTls)).await;
+    let handshake = async {
+        match tls.config {
+            None => config.connect(NoTls).await.map(|(c, conn)| {
+                let task: BoxedConnection = Box::pin(conn);
+                (c, task)
+            }),
+            Some(rustls_config) => config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config))
+                .await
+                .map(|(c, conn)| {
+                    let task: BoxedConnection = Box::pin(conn);
+                    (c, task)
+                }),
+        }
+    };
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, handshake).await;
     let (client, connection) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => {
@@ -276,6 +295,10 @@ pub async fn connect(
     });
     Ok(Db { client, endpoint })
 }
+
+/// The connection's I/O task, whatever its TLS stream.
+type BoxedConnection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 
 /// Reads one slot. `inactive_since` is what the previous reading of this slot returned: before
 /// PostgreSQL 17 the server does not say how long a slot has had no reader, so the caller keeps
@@ -613,20 +636,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_modes_are_refused_with_the_way_out() {
-        for (mode, text) in [
-            (SslMode::Require, "require"),
-            (SslMode::VerifyCa, "verify-ca"),
-            (SslMode::VerifyFull, "verify-full"),
-        ] {
-            let err = connect("db.invalid", 5432, "d", "u", "p", mode)
-                .await
-                .expect_err("TLS is refused");
-            let msg = err.to_string();
+    async fn verifying_modes_without_a_ca_say_which_field_to_set() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = connect(&Target {
+                host: "db.invalid",
+                port: 5432,
+                database: "d",
+                user: "u",
+                password: "p",
+                ssl_mode: mode,
+                ca_pem: None,
+            })
+            .await
+            .expect_err("no CA");
+            assert!(err.is_spec_error(), "{err}");
             assert!(
-                msg.starts_with(&format!("spec.postgres.sslMode {text}: TLS"))
-                    && msg.contains("use sslMode prefer or disable"),
-                "{msg}"
+                err.to_string()
+                    .starts_with("spec.postgres.caCert is required with sslMode"),
+                "{err}"
             );
         }
     }

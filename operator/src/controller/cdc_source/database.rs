@@ -11,14 +11,19 @@ use super::{secret, stored};
 pub(super) async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Db, Error> {
     let pg = &cdc.spec.postgres;
     let credentials = secret::credentials(cdc, ctx).await?;
-    Ok(postgres::connect(
-        &pg.host,
-        u16::try_from(pg.port).unwrap_or(5432),
-        &pg.database,
-        &credentials.username,
-        &credentials.password,
-        pg.ssl_mode,
-    )
+    let ca = match &pg.ca_cert {
+        Some(r) => Some(secret::ca_certificate(cdc, ctx, r).await?),
+        None => None,
+    };
+    Ok(postgres::connect(&postgres::Target {
+        host: &pg.host,
+        port: u16::try_from(pg.port).unwrap_or(5432),
+        database: &pg.database,
+        user: &credentials.username,
+        password: &credentials.password,
+        ssl_mode: pg.ssl_mode,
+        ca_pem: ca.as_deref(),
+    })
     .await?)
 }
 

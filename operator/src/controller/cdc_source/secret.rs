@@ -1,10 +1,12 @@
-//! The database credentials, from the Secret named by `spec.postgres.credentialsSecretRef`.
+//! The database credentials, from the Secret named by `spec.postgres.credentialsSecretRef`, and
+//! the CA certificate from `spec.postgres.caCert`.
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, ResourceExt};
 
 use crate::controller::{Context, Error};
 use crate::crd::CdcSource;
+use crate::crd::cdc_source::{CaCertRef, CaSourceKind};
 
 /// What the guard logs in with.
 pub(super) struct Credentials {
@@ -43,4 +45,44 @@ pub(super) async fn credentials(cdc: &CdcSource, ctx: &Context) -> Result<Creden
         username: field("username")?,
         password: field("password")?,
     })
+}
+
+/// The PEM bytes of `spec.postgres.caCert`; missing is a dependency to wait for.
+pub(super) async fn ca_certificate(
+    cdc: &CdcSource,
+    ctx: &Context,
+    r: &CaCertRef,
+) -> Result<Vec<u8>, Error> {
+    let ns = cdc.namespace().unwrap_or_default();
+    let what = format!("{:?} {ns}/{} (spec.postgres.caCert)", r.kind, r.name);
+    let missing = |problem: String| Error::Dependency {
+        what: what.clone(),
+        problem,
+    };
+    let value = match r.kind {
+        CaSourceKind::Secret => {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            let s = api
+                .get_opt(&r.name)
+                .await?
+                .ok_or_else(|| missing("not found".into()))?;
+            s.data.and_then(|mut d| d.remove(&r.key)).map(|b| b.0)
+        }
+        CaSourceKind::ConfigMap => {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let c = api
+                .get_opt(&r.name)
+                .await?
+                .ok_or_else(|| missing("not found".into()))?;
+            c.data
+                .and_then(|mut d| d.remove(&r.key))
+                .map(String::into_bytes)
+                .or_else(|| {
+                    c.binary_data
+                        .and_then(|mut d| d.remove(&r.key))
+                        .map(|b| b.0)
+                })
+        }
+    };
+    value.ok_or_else(|| missing(format!("has no key {:?}", r.key)))
 }

@@ -102,9 +102,9 @@ async fn a_missing_secret_applies_the_reader_and_is_retried() {
 }
 
 #[tokio::test]
-async fn a_tls_mode_the_guard_cannot_speak_fails_before_connecting() {
+async fn a_verifying_tls_mode_without_a_ca_fails_before_connecting() {
     let cdc = source(
-        json!({"postgres": {"host": "pg", "database": "shop", "sslMode": "require",
+        json!({"postgres": {"host": "pg", "database": "shop", "sslMode": "verify-full",
                             "credentialsSecretRef": {"name": "pg-creds"}}}),
         &[FINALIZER],
     );
@@ -124,9 +124,10 @@ async fn a_tls_mode_the_guard_cannot_speak_fails_before_connecting() {
             assert_eq!(condition(st, "Reconciled")["reason"], "InvalidSpec", "{st}");
         }));
     let r = testing::reconcile(script, |ctx| reconcile(typed(&cdc), ctx)).await;
-    let err = r.result.as_ref().expect_err("TLS unsupported");
+    let err = r.result.as_ref().expect_err("no CA to verify against");
     assert!(
-        err.to_string().starts_with("spec.postgres.sslMode require"),
+        err.to_string()
+            .starts_with("spec.postgres.caCert is required with sslMode verify-full"),
         "{err}"
     );
     assert_eq!(r.errors(KIND, "InvalidSpec"), 1);
