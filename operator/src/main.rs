@@ -150,7 +150,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let stop = futures::FutureExt::shared(Box::pin(stop));
-    let controllers = tokio::spawn(controller::run(ctx, namespaces, stop));
+    let mut controllers = tokio::spawn(controller::run(ctx, namespaces, stop));
 
     let lost = async {
         loop {
@@ -162,6 +162,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let outcome = tokio::select! {
         reason = lost => Err(reason),
         reason = leader::watch_lease(client_for_watchdog, &settings) => Err(reason),
+        ended = &mut controllers => {
+            // The controllers only end when asked to: anything else is a bug (a panic). The
+            // liveness probe says so until the process exits.
+            health.set_failed();
+            Err(format!("the controllers ended unexpectedly ({ended:?})"))
+        }
         _ = shutdown_signal() => Ok(()),
     };
     let outcome = outcome.map_err(|reason| {

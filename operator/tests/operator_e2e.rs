@@ -1052,8 +1052,27 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
         },
     )
     .await;
+    // One connection per source, kept across checks (not a login per check).
+    let guard_backends = || async {
+        let pg = stack::postgres().await;
+        pg.query(
+            "SELECT backend_start::text FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("kartflow-slot-guard {ns}/guard-alert")],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+    };
+    let before = guard_backends().await;
     tokio::time::sleep(check_interval * 2).await;
     assert!(slot_exists(&slot).await, "action alert never drops {slot}");
+    let after = guard_backends().await;
+    assert!(
+        before.len() == 1 && before == after,
+        "the guard reuses one connection per source across checks: {before:?} then {after:?}"
+    );
 
     // 4. An unowned slot (it existed before the CdcSource) is untouched, also on delete.
     let unowned = stack::unique_name("e2e_guard_unowned");

@@ -41,6 +41,7 @@ impl Target {
             password: &self.password,
             ssl_mode,
             ca_pem,
+            application_name: "kartflow-slot-guard test",
         }
     }
 }

@@ -17,6 +17,11 @@ pub struct Context {
     /// What the guard remembers of each slot between checks (since when it has had no reader,
     /// where its confirmed position stood), keyed by `namespace/name`.
     pub guard_memory: Mutex<HashMap<String, crate::slot_guard::SlotMemory>>,
+    /// One open database connection per `CdcSource` (`namespace/name`), reused across checks
+    /// while its settings are unchanged: a check every few seconds must not mean a new login
+    /// every few seconds.
+    pub connections:
+        tokio::sync::Mutex<HashMap<String, (u64, std::sync::Arc<crate::slot_guard::Db>)>>,
     /// The leader's Lease, re-read before anything destructive; none outside leader election
     /// (tests).
     pub leadership: Option<crate::leader::LeaseCheck>,
@@ -38,6 +43,7 @@ impl Context {
             metrics,
             guard_memory: Mutex::default(),
             leadership: None,
+            connections: tokio::sync::Mutex::default(),
             backoff: Backoff::default(),
             degraded_events: Mutex::default(),
         }

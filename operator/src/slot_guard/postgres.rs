@@ -222,6 +222,8 @@ pub struct Target<'a> {
     /// PEM CA certificates for `verify-ca` / `verify-full` (and `require`, which then verifies
     /// the chain).
     pub ca_pem: Option<&'a [u8]>,
+    /// Shown in `pg_stat_activity.application_name` (PostgreSQL keeps 63 bytes).
+    pub application_name: &'a str,
 }
 
 /// Connects with libpq's `sslmode` semantics (see [`super::tls`]). The connection task runs on
@@ -235,6 +237,7 @@ pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
         password,
         ssl_mode,
         ca_pem,
+        application_name,
     } = target;
     let tls = super::tls::setup(ssl_mode, ca_pem)?;
     let mode = tls.mode;
@@ -247,7 +250,7 @@ pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
         .user(user)
         .password(password)
         .ssl_mode(mode)
-        .application_name("kartflow-slot-guard")
+        .application_name(application_name)
         .connect_timeout(CONNECT_TIMEOUT)
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     // connect_timeout bounds each TCP attempt; this bounds the whole handshake.
@@ -646,6 +649,7 @@ mod tests {
                 password: "p",
                 ssl_mode: mode,
                 ca_pem: None,
+                application_name: "test",
             })
             .await
             .expect_err("no CA");

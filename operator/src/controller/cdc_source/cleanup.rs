@@ -21,6 +21,7 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
     let slot = &cdc.spec.slot.name;
     let status = stored::current_status(&cdc, &ctx).await?;
     guard::forget(&cdc, &ctx);
+    database::disconnect(&cdc, &ctx).await;
     if !cdc.spec.slot.drop_on_delete {
         tracing::info!(slot = %slot, "dropOnDelete is false: slot left in place");
         return Ok(Action::await_change());
@@ -64,5 +65,6 @@ pub(super) async fn cleanup(cdc: Arc<CdcSource>, ctx: Arc<Context>) -> Result<Ac
     if publication {
         postgres::drop_publication(&db, &cdc.spec.publication.name).await?;
     }
+    database::disconnect(&cdc, &ctx).await;
     Ok(Action::await_change())
 }

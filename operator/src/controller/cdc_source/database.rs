@@ -1,6 +1,8 @@
 //! The database side of a `CdcSource`: connecting with the Secret's credentials, and creating
 //! the publication and slot it asks for, recording at once what kartflow created.
 
+use std::sync::Arc;
+
 use crate::controller::{Context, Error};
 use crate::crd::{CdcSource, CdcSourceStatus};
 use crate::slot_guard::postgres::{self, Db};
@@ -8,14 +10,19 @@ use crate::slot_guard::report;
 
 use super::{secret, stored};
 
-pub(super) async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Db, Error> {
+/// The source's connection: the open one when its settings (and the Secret's values) are
+/// unchanged and it is still alive, else a new one, kept for the next check.
+pub(super) async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Arc<Db>, Error> {
     let pg = &cdc.spec.postgres;
     let credentials = secret::credentials(cdc, ctx).await?;
     let ca = match &pg.ca_cert {
         Some(r) => Some(secret::ca_certificate(cdc, ctx, r).await?),
         None => None,
     };
-    Ok(postgres::connect(&postgres::Target {
+    let key = super::guard::key(cdc);
+    // One name per source, so pg_stat_activity tells whose connection it is.
+    let application_name = format!("kartflow-slot-guard {key}");
+    let target = postgres::Target {
         host: &pg.host,
         port: u16::try_from(pg.port).unwrap_or(5432),
         database: &pg.database,
@@ -23,8 +30,33 @@ pub(super) async fn connect(cdc: &CdcSource, ctx: &Context) -> Result<Db, Error>
         password: &credentials.password,
         ssl_mode: pg.ssl_mode,
         ca_pem: ca.as_deref(),
-    })
-    .await?)
+        application_name: &application_name,
+    };
+    let fingerprint = fingerprint(&target);
+    let mut open = ctx.connections.lock().await;
+    if let Some((f, db)) = open.get(&key)
+        && *f == fingerprint
+        && !db.is_closed()
+    {
+        return Ok(db.clone());
+    }
+    let db = Arc::new(postgres::connect(&target).await?);
+    open.insert(key, (fingerprint, db.clone()));
+    Ok(db)
+}
+
+/// Forgets the source's connection (deleted, or its connection failed).
+pub(super) async fn disconnect(cdc: &CdcSource, ctx: &Context) {
+    ctx.connections.lock().await.remove(&super::guard::key(cdc));
+}
+
+/// Everything a connection was opened with; a change opens a new one.
+fn fingerprint(t: &postgres::Target<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (t.host, t.port, t.database, t.user, t.password, t.ca_pem).hash(&mut h);
+    format!("{:?}", t.ssl_mode).hash(&mut h);
+    h.finish()
 }
 
 /// What kartflow created in the database, and so may drop.

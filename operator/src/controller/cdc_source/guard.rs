@@ -24,8 +24,8 @@ pub(super) struct GuardOutcome {
     pub publication_created: bool,
 }
 
-/// The key of a source in [`Context::guard_memory`].
-fn key(cdc: &CdcSource) -> String {
+/// The key of a source in [`Context::guard_memory`] and [`Context::connections`].
+pub(super) fn key(cdc: &CdcSource) -> String {
     format!("{}/{}", cdc.namespace().unwrap_or_default(), cdc.name_any())
 }
 
