@@ -728,6 +728,21 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
             .then_some(())
     })
     .await;
+    let leader = leader_pod(client, SYSTEM_NS).await;
+    let not_found = || {
+        metric(
+            &metrics_of(&leader),
+            "kartflow_operator_reconcile_errors_total",
+            &[("kind", "ReadModel"), ("reason", "PipelineNotFound")],
+        )
+    };
+    let before = not_found();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tries = not_found() - before;
+    assert!(
+        tries <= 1.0,
+        "a missing pipeline is checked again after a minute, not retried hot: {tries} tries in 6 s"
+    );
     models
         .delete("view", &DeleteParams::foreground())
         .await
@@ -899,8 +914,11 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
     prepare_table(&slot).await;
     apply(&cdcs, cdc_source("guard-drop", &slot, guard(json!({})))).await;
     slot_reported(&cdcs, "guard-drop").await;
-    generate_wal(24).await;
+    // Below the drop threshold first; the clock starts before the write that crosses it, so
+    // the figure is an upper bound of crossing -> drop.
+    generate_wal(12).await;
     let t0 = Instant::now();
+    generate_wal(12).await;
     let drop = wait_for("guard-drop: lastDrop in status", T, || async {
         // Recorded as Pending before the DROP, then with its outcome.
         let d = cdcs.get("guard-drop").await.ok()?.status?.last_drop?;
@@ -912,8 +930,9 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
         "MEASURE slot guard: WAL past threshold -> slot dropped in {took:.1?} (check interval {check_interval:?})"
     );
     assert!(
-        took <= check_interval * 2 + Duration::from_secs(2),
-        "dropped within one check interval (+ reconcile time): {took:?}"
+        took <= check_interval + Duration::from_secs(2),
+        "dropped within one check interval of crossing the threshold (+ 2 s for the write and \
+         the reconcile): {took:?}"
     );
     assert!(
         drop.retained_bytes >= 16 << 20,
@@ -1280,6 +1299,10 @@ async fn latency_and_memory(client: &Client, system: &str, ns: &str) {
     eprintln!(
         "MEASURE operator RSS with {N} InventoryPipelines: {:.1} MiB",
         rss as f64 / 1024.0
+    );
+    assert!(
+        rss < 50 * 1024,
+        "operator RSS with {N} resources under the 50 MiB target: {rss} KiB"
     );
     let after = metrics_of(&leader);
     let count = |text: &str, result: &str| {
