@@ -10,14 +10,14 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::failure::report_failure;
 use super::observe::observe;
 use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
-use super::trigger::{api, controller_for};
+use super::trigger::{api, controller_for, spec_or_deletion};
 use super::{Context, Error, apply};
 use crate::children::{self, BuildError};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
@@ -29,26 +29,48 @@ pub fn controller(
 ) -> Controller<ReadModel> {
     let controller = controller_for::<ReadModel>(client, ns, &children);
     let store = controller.store();
+    // The HPA's status changes at every sync (metrics, times): only a changed replica count is
+    // news to the read model's status.
+    let hpas = watcher::watcher(api::<HorizontalPodAutoscaler>(client, ns), children.clone())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(hpa_replicas, Default::default());
+    // Only a pipeline's spec (Kafka connection, topics) matters to the read models using it,
+    // not its status writes.
+    let pipelines = watcher::watcher(
+        api::<InventoryPipeline>(client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(spec_or_deletion, Default::default());
     controller
-        .owns(api::<PodDisruptionBudget>(client, ns), children.clone())
-        .owns(api::<HorizontalPodAutoscaler>(client, ns), children)
-        .watches(
-            api::<InventoryPipeline>(client, ns),
-            watcher::Config::default(),
-            move |pipeline| {
-                let ns = pipeline.namespace();
-                let name = pipeline.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|rm| {
-                        rm.namespace() == ns
-                            && rm.spec.source.pipeline_ref.as_ref().map(|r| &r.name) == Some(&name)
-                    })
-                    .map(|rm| ObjectRef::from_obj(rm.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .owns(api::<PodDisruptionBudget>(client, ns), children)
+        .owns_stream(hpas)
+        .watches_stream(pipelines, move |pipeline| {
+            let ns = pipeline.namespace();
+            let name = pipeline.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|rm| {
+                    rm.namespace() == ns
+                        && rm.spec.source.pipeline_ref.as_ref().map(|r| &r.name) == Some(&name)
+                })
+                .map(|rm| ObjectRef::from_obj(rm.as_ref()))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What of an HPA the read model reflects: its spec and the replica counts it decided.
+fn hpa_replicas(h: &HorizontalPodAutoscaler) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    h.metadata.generation.hash(&mut hash);
+    let status = h.status.as_ref();
+    status.map(|s| s.desired_replicas).hash(&mut hash);
+    status.and_then(|s| s.current_replicas).hash(&mut hash);
+    Some(hash.finish())
 }
 
 #[tracing::instrument(skip_all, fields(namespace = rm.namespace(), name = %rm.name_any()))]
@@ -173,6 +195,39 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     } else {
         rollout::NOT_READY_RECHECK
     }))
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    fn hpa(
+        generation: i64,
+        desired: i32,
+        current: i32,
+        last_scale: &str,
+    ) -> HorizontalPodAutoscaler {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "generation": generation},
+            "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "d"}},
+            "status": {"desiredReplicas": desired, "currentReplicas": current,
+                       "lastScaleTime": last_scale}
+        }))
+        .expect("hpa")
+    }
+
+    #[test]
+    fn hpa_syncs_trigger_only_when_the_replicas_change() {
+        let base = hpa_replicas(&hpa(1, 2, 2, "2026-01-01T00:00:00Z"));
+        assert_eq!(
+            hpa_replicas(&hpa(1, 2, 2, "2026-01-01T00:05:00Z")),
+            base,
+            "a sync that changes nothing the read model shows"
+        );
+        assert_ne!(hpa_replicas(&hpa(1, 3, 2, "2026-01-01T00:00:00Z")), base);
+        assert_ne!(hpa_replicas(&hpa(1, 2, 3, "2026-01-01T00:00:00Z")), base);
+        assert_ne!(hpa_replicas(&hpa(2, 2, 2, "2026-01-01T00:00:00Z")), base);
+    }
 }
 
 #[cfg(test)]
