@@ -32,7 +32,9 @@ pub struct CdcChildren {
     pub service: Service,
 }
 
-pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
+/// Builds the source's children. `stopped`: the guard dropped the slot and the user has not
+/// acknowledged it yet, so the worker runs no replica.
+pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildError> {
     let owner = Owner::of(cdc)?;
     let spec = &cdc.spec;
     require_non_empty("spec.image", &spec.image)?;
@@ -156,7 +158,7 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
             deployment_name.clone(),
             labels.clone(),
             selector.clone(),
-            Some(1),
+            Some(if stopped { 0 } else { 1 }),
             recreate(),
             template,
         ),
@@ -197,7 +199,7 @@ mod tests {
     }
 
     fn build(patch: Value) -> CdcChildren {
-        cdc_source(&source(patch)).expect("builds")
+        cdc_source(&source(patch), false).expect("builds")
     }
 
     #[test]
@@ -312,8 +314,8 @@ mod tests {
                 "spec.kafka.bootstrapServers",
             ),
         ] {
-            match cdc_source(&source(patch.clone())) {
-                Err(BuildError::InvalidSpec { field: f, .. }) => assert_eq!(f, field, "{patch}"),
+            match cdc_source(&source(patch.clone()), false) {
+                Err(e) if e.field().is_some() => assert_eq!(e.field(), Some(field), "{patch}"),
                 other => panic!("{patch}: expected {field}, got {other:?}"),
             }
         }
@@ -327,6 +329,6 @@ mod tests {
         let mut cdc: CdcSource = serde_yaml::from_str(&text).expect("parses");
         cdc.metadata.namespace = Some("default".into());
         cdc.metadata.uid = Some("u".into());
-        cdc_source(&cdc).expect("builds");
+        cdc_source(&cdc, false).expect("builds");
     }
 }
