@@ -196,7 +196,7 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
             SYSTEM_NS,
             "--create-namespace",
             "--set",
-            &format!("watchNamespace={ns}"),
+            &format!("watchNamespaces={{{ns}}}"),
             "--set",
             "logFormat=text",
             "--wait",
