@@ -363,9 +363,8 @@ show() {
 
 $cdc
   The operator created publication and slot kartflow_demo in PostgreSQL; its slot guard checks
-  the slot's retained WAL. The CDC worker (kartflow-worker cdc) is not in this release yet, so
-  the orders-cdc pod is expected to fail and restart, and the slot has no reader: it keeps all
-  WAL written since its creation until the guard drops it (past 256Mi).
+  the slot's retained WAL. The orders-cdc pod (kartflow-worker cdc) streams the slot into
+  order-events: rows inserted into public.order_items become order lines.
   CDC pod: ${cdc_pods:-none yet}
 Operator leader (Lease $SYSTEM_NS/$LEASE): ${holder:-none yet}
 

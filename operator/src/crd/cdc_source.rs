@@ -52,13 +52,23 @@ pub struct CdcSourceSpec {
     #[serde(default = "default_topic")]
     #[schemars(length(min = 1, max = 249))]
     pub topic: String,
+    /// Rows that cannot be mapped (a null productId, a negative quantity) go here with the
+    /// reason, the LSN and the table; capture goes on.
+    #[serde(default = "default_dlq_topic")]
+    #[schemars(length(min = 1, max = 249))]
+    pub dlq_topic: String,
     /// `initial` reads the existing rows before streaming; `never` streams changes only.
     #[serde(default)]
     pub snapshot_mode: SnapshotMode,
+    /// Change this value to take a new initial snapshot, e.g. after the slot was dropped and
+    /// re-created (`spec.slot.recreateNonce`) and the rows committed meanwhile are wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_nonce: Option<i64>,
     /// Confirm progress to PostgreSQL at least this often when idle, so WAL is released even
-    /// when the captured tables do not change, e.g. `30s`.
+    /// when the captured tables do not change, e.g. `30s`. Between 1s and 5m.
     #[serde(default = "default_heartbeat")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('5m')").message("heartbeatInterval must be between 1s and 5m (well inside wal_sender_timeout)"))]
     pub heartbeat_interval: String,
     #[serde(default)]
     // Each quantity rule first checks that both values parse, so a value its own pattern already
@@ -77,6 +87,10 @@ fn default_topic() -> String {
 
 fn default_heartbeat() -> String {
     "30s".into()
+}
+
+fn default_dlq_topic() -> String {
+    topics::CDC_DLQ.into()
 }
 
 /// Where the database is. Credentials come only from a Secret.
@@ -191,6 +205,8 @@ pub struct Capture {
     pub columns: OrderLineColumns,
     /// The outbox table in `outbox` mode.
     pub outbox_table: String,
+    /// Column names and routing in `outbox` mode.
+    pub outbox: Outbox,
 }
 
 /// The worker contract's defaults, so a value left out of the CR and one left out of a
@@ -203,6 +219,7 @@ impl Default for Capture {
             table: d.table,
             columns: OrderLineColumns::default(),
             outbox_table: d.outbox_table,
+            outbox: Outbox::default(),
         }
     }
 }
@@ -213,6 +230,12 @@ pub struct OrderLineColumns {
     pub order_id: String,
     pub product_id: String,
     pub quantity: String,
+    /// The row's unique id (primary key); `eventId` is `<table>:<id>`, identical in the
+    /// snapshot and the stream.
+    pub id: String,
+    /// A timestamp column for the order line's `timestamp`; unset: the commit time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 impl Default for OrderLineColumns {
@@ -222,6 +245,40 @@ impl Default for OrderLineColumns {
             order_id: d.order_id,
             product_id: d.product_id,
             quantity: d.quantity,
+            id: d.id,
+            timestamp: d.timestamp,
+        }
+    }
+}
+
+/// The transactional outbox, with Debezium's default column names: each INSERT becomes a record
+/// on `<topicPrefix><aggregatetype>` keyed by the aggregate id, payload passed through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Outbox {
+    pub id_column: String,
+    pub aggregate_type_column: String,
+    pub aggregate_id_column: String,
+    pub payload_column: String,
+    pub type_column: String,
+    #[schemars(length(max = 200))]
+    pub topic_prefix: String,
+    /// Delete rows from the outbox table once Kafka committed them.
+    pub delete_after_capture: bool,
+}
+
+/// The worker contract's defaults, as for the other capture settings.
+impl Default for Outbox {
+    fn default() -> Self {
+        let d = kartflow_wire::config::cdc::OutboxSettings::default();
+        Self {
+            id_column: d.id_column,
+            aggregate_type_column: d.aggregate_type_column,
+            aggregate_id_column: d.aggregate_id_column,
+            payload_column: d.payload_column,
+            type_column: d.type_column,
+            topic_prefix: d.topic_prefix,
+            delete_after_capture: d.delete_after_capture,
         }
     }
 }
