@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod events;
+#[cfg(feature = "postgres-tls")]
+pub mod pg_tls;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod topics;

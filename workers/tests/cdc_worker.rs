@@ -622,3 +622,56 @@ async fn without_kafka_nothing_is_confirmed_and_everything_arrives_once_it_is_ba
     drop(worker);
     f.drop_all(&db).await;
 }
+
+/// The local server's TLS material (hack/postgres/postgres.sh): its CA signed a certificate for
+/// "localhost" only.
+fn local_ca_file() -> String {
+    let dir = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let path = format!("{dir}/postgres/tls/ca.crt");
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} is missing: hack/postgres/postgres.sh up creates it (make dev-up)"
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kafka and PostgreSQL: make test runs it (or make dev-up + --include-ignored)"]
+async fn rows_stream_over_tls_verified_against_the_ca() {
+    let db = kartflow_testkit::postgres().await;
+    let f = Fixture::new("cdc_tls", &db).await;
+    f.create_slot(&db).await;
+    let settings = kartflow_testkit::settings();
+    let url = url::Url::parse(&settings.database_url).expect("DATABASE_URL");
+    let worker = CdcWorker::start(
+        f.config(json!({"postgres": {
+            "host": "localhost",
+            "port": url.port().unwrap_or(5432),
+            "database": url.path().trim_start_matches('/'),
+            "sslMode": "verify-full",
+            "caFile": local_ca_file()
+        }})),
+        f.dir.path.join("worker.log"),
+    );
+    db.batch_execute(&format!(
+        "INSERT INTO {} (order_id, product_id, quantity) \
+         SELECT 'o-' || g, 'P-' || (g % 5), 1 FROM generate_series(1, 10) g",
+        f.table
+    ))
+    .await
+    .expect("insert");
+    let recs = all_rows_arrive(&f, 10, &worker).await;
+    assert_eq!(by_event_id(&recs).len(), 10);
+    let encrypted: bool = db
+        .query_one(
+            "SELECT coalesce(bool_and(s.ssl), false) FROM pg_replication_slots r \
+             JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
+            &[&f.slot],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(encrypted, "the replication connection is TLS");
+    drop(worker);
+    f.drop_all(&db).await;
+}

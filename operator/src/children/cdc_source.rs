@@ -19,7 +19,7 @@ use super::{
     kafka_settings, recreate, render_config, require_non_empty, spec_hash,
 };
 use crate::crd::CdcSource;
-use crate::crd::cdc_source::CaptureMode;
+use crate::crd::cdc_source::{CaptureMode, SslMode};
 
 /// What a `CdcSource` reconciles into.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +74,13 @@ pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildEr
         CaptureMode::Outbox => require_non_empty("spec.capture.outboxTable", &cap.outbox_table)?,
     }
     require_non_empty("spec.topic", &spec.topic)?;
+    if matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.ca_cert.is_none() {
+        return Err(BuildError::invalid(
+            "spec.postgres.caCert",
+            "is required with sslMode verify-ca and verify-full: name the Secret or ConfigMap \
+             key holding the CA certificate (PEM)",
+        ));
+    }
 
     let config = CdcSettings {
         source: owner.worker_identity(),
@@ -82,6 +89,10 @@ pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildEr
             port,
             database: pg.database.clone(),
             ssl_mode: pg.ssl_mode,
+            ca_file: pg
+                .ca_cert
+                .as_ref()
+                .map(|r| format!("{}/{}", pod::POSTGRES_CA_DIR, r.key).into()),
         },
         publication: PublicationSettings {
             name: spec.publication.name.clone(),
@@ -133,6 +144,7 @@ pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildEr
     let selector = selector_labels(&owner.name, Component::Cdc);
     let mut mounts = vec![pod::config_mount(&config_map_name)];
     mounts.extend(pod::kafka_secret_mount(&spec.kafka));
+    mounts.extend(pg.ca_cert.as_ref().map(pod::postgres_ca_mount));
     let template = WorkerPod {
         labels: labels.clone(),
         spec_hash: hash,
@@ -200,6 +212,40 @@ mod tests {
 
     fn build(patch: Value) -> CdcChildren {
         cdc_source(&source(patch), false).expect("builds")
+    }
+
+    #[test]
+    fn the_ca_certificate_is_mounted_and_named_in_the_worker_config() {
+        for (kind, source) in [("Secret", "secret"), ("ConfigMap", "configMap")] {
+            let c = build(json!({"postgres": {
+                "host": "pg", "database": "shop", "credentialsSecretRef": {"name": "pg-creds"},
+                "sslMode": "verify-full", "caCert": {"kind": kind, "name": "db-ca"}
+            }}));
+            let text = &c.config_map.data.as_ref().expect("data")["config.json"];
+            let v: Value = serde_json::from_str(text).expect("JSON");
+            assert_eq!(
+                v["postgres"]["caFile"], "/etc/kartflow/postgres-ca/ca.crt",
+                "{kind}"
+            );
+            let pod = serde_json::to_value(&c.deployment.spec.as_ref().expect("spec").template)
+                .expect("pod JSON");
+            let volume = pod["spec"]["volumes"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["name"] == "postgres-ca"))
+                .cloned()
+                .unwrap_or_default();
+            let name_key = if source == "secret" {
+                "secretName"
+            } else {
+                "name"
+            };
+            assert_eq!(volume[source][name_key], "db-ca", "{kind}: {volume}");
+            assert_eq!(volume[source]["items"][0]["key"], "ca.crt", "{kind}");
+            assert!(
+                pod.to_string().contains("/etc/kartflow/postgres-ca"),
+                "{kind}: mounted"
+            );
+        }
     }
 
     #[test]

@@ -240,6 +240,39 @@ pub fn config_map_key_mount(volume: &str, config_map: &str, key: &str, dir: &str
 
 /// The Kafka client Secret's `client.properties`, read-only at [`KAFKA_DIR`], when the
 /// connection names one.
+/// Where `spec.postgres.caCert` is mounted in the CDC worker; the file is `<dir>/<key>`.
+pub const POSTGRES_CA_DIR: &str = "/etc/kartflow/postgres-ca";
+
+/// The CA certificate of `spec.postgres.caCert`, from its Secret or ConfigMap key.
+pub fn postgres_ca_mount(r: &crate::crd::cdc_source::CaCertRef) -> Mount {
+    use crate::crd::cdc_source::CaSourceKind;
+    const VOLUME: &str = "postgres-ca";
+    match r.kind {
+        CaSourceKind::ConfigMap => config_map_key_mount(VOLUME, &r.name, &r.key, POSTGRES_CA_DIR),
+        CaSourceKind::Secret => Mount {
+            volume: Volume {
+                name: VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(r.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: r.key.clone(),
+                        path: r.key.clone(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            mount: VolumeMount {
+                name: VOLUME.to_owned(),
+                mount_path: POSTGRES_CA_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        },
+    }
+}
+
 pub fn kafka_secret_mount(kafka: &KafkaConnection) -> Option<Mount> {
     let secret = kafka.secret_ref.as_ref()?;
     Some(Mount {

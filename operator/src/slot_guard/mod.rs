@@ -11,7 +11,6 @@
 pub mod policy;
 pub mod postgres;
 pub mod report;
-pub mod tls;
 
 pub use policy::{
     Cause, DropStage, GuardPolicy, OpenTransaction, PolicyError, SlotMemory, SlotReading,

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use kartflow_wire::pg_tls::{self, ConnectError, TlsError};
 use thiserror::Error;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 use super::policy::{OpenTransaction, SlotReading};
 use crate::crd::cdc_source::SslMode;
@@ -23,8 +24,8 @@ const DROP_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum GuardError {
-    #[error(transparent)]
-    Tls(#[from] super::tls::TlsError),
+    #[error("spec.postgres.caCert: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot connect to PostgreSQL at {endpoint}: {detail}; {hint}")]
     Connect {
         endpoint: String,
@@ -226,7 +227,7 @@ pub struct Target<'a> {
     pub application_name: &'a str,
 }
 
-/// Connects with libpq's `sslmode` semantics (see [`super::tls`]). The connection task runs on
+/// Connects with libpq's `sslmode` semantics (see [`kartflow_wire::pg_tls`]). The connection task runs on
 /// the current tokio runtime and ends when the [`Db`] is dropped.
 pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
     let &Target {
@@ -239,8 +240,6 @@ pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
         ca_pem,
         application_name,
     } = target;
-    let tls = super::tls::setup(ssl_mode, ca_pem)?;
-    let mode = tls.mode;
     let endpoint = format!("{host}:{port}/{database}");
     let mut config = tokio_postgres::Config::new();
     config
@@ -249,30 +248,16 @@ pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
         .dbname(database)
         .user(user)
         .password(password)
-        .ssl_mode(mode)
         .application_name(application_name)
         .connect_timeout(CONNECT_TIMEOUT)
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     // connect_timeout bounds each TCP attempt; this bounds the whole handshake.
-    let handshake = async {
-        match tls.config {
-            None => config.connect(NoTls).await.map(|(c, conn)| {
-                let task: BoxedConnection = Box::pin(conn);
-                (c, task)
-            }),
-            Some(rustls_config) => config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config))
-                .await
-                .map(|(c, conn)| {
-                    let task: BoxedConnection = Box::pin(conn);
-                    (c, task)
-                }),
-        }
-    };
+    let handshake = pg_tls::connect(&mut config, ssl_mode, ca_pem);
     let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, handshake).await;
     let (client, connection) = match connected {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
+        Ok(Err(ConnectError::Tls(e))) => return Err(e.into()),
+        Ok(Err(ConnectError::Postgres(e))) => {
             return Err(GuardError::Connect {
                 endpoint,
                 detail: describe(&e),
@@ -298,10 +283,6 @@ pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
     });
     Ok(Db { client, endpoint })
 }
-
-/// The connection's I/O task, whatever its TLS stream.
-type BoxedConnection =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 
 /// Reads one slot. `inactive_since` is what the previous reading of this slot returned: before
 /// PostgreSQL 17 the server does not say how long a slot has had no reader, so the caller keeps
@@ -656,7 +637,7 @@ mod tests {
             assert!(err.is_spec_error(), "{err}");
             assert!(
                 err.to_string()
-                    .starts_with("spec.postgres.caCert is required with sslMode"),
+                    .starts_with("spec.postgres.caCert: a CA certificate is required with sslMode"),
                 "{err}"
             );
         }

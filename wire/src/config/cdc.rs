@@ -103,6 +103,10 @@ pub struct PostgresSettings {
     pub database: String,
     #[serde(default)]
     pub ssl_mode: SslMode,
+    /// PEM CA certificates checking the server's (needed by `verify-ca` and `verify-full`; with
+    /// `require` they make the chain checked). The operator mounts `spec.postgres.caCert` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 // libpq's `sslmode` values. (No doc comment: it would become the CRD field's description.)
@@ -261,6 +265,12 @@ impl WorkerConfig for CdcSettings {
             ));
         }
         require_non_empty("postgres.database", &pg.database)?;
+        if matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "postgres.caFile",
+                "is required with sslMode verify-ca and verify-full",
+            ));
+        }
         require_non_empty("publication.name", &self.publication.name)?;
         let slot = &self.slot.name;
         let slot_ok = (1..=63).contains(&slot.len())
@@ -369,6 +379,7 @@ mod tests {
     fn contract_round_trips_and_names_invalid_fields() {
         let mut full = base();
         full["postgres"]["sslMode"] = json!("verify-full");
+        full["postgres"]["caFile"] = json!("/etc/kartflow/postgres-ca/ca.crt");
         full["capture"] = json!({
             "mode": "outbox", "outboxTable": "app.outbox",
             "columns": {"id": "line_id", "timestamp": "created_at"},
@@ -393,6 +404,10 @@ mod tests {
                 (
                     json!({"postgres": {"host": "h", "port": 1, "database": "d", "sslMode": "allow"}}),
                     "postgres.sslMode",
+                ),
+                (
+                    json!({"postgres": {"host": "h", "port": 1, "database": "d", "sslMode": "verify-ca"}}),
+                    "postgres.caFile",
                 ),
                 (json!({"slot": {"name": "Bad-Name"}}), "slot.name"),
                 (json!({"publication": {"name": " "}}), "publication.name"),

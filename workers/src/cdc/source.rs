@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use kartflow_wire::pg_tls::{self, ConnectError};
 use pg_walstream::{
     CancellationToken, ChangeEvent, LogicalReplicationStream, ReplicationError,
     ReplicationStreamConfig, RetryConfig, StreamingMode,
 };
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use super::error::CdcError;
@@ -45,18 +46,12 @@ fn endpoint(s: &CdcSettings) -> String {
 
 /// The SQL connection (its driver runs on a task of the current runtime).
 pub async fn connect_sql(s: &CdcSettings, creds: &Credentials) -> Result<Client, CdcError> {
-    let mode = match s.postgres.ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        other => {
-            return Err(CdcError::Connect {
-                endpoint: endpoint(s),
-                detail: format!(
-                    "sslMode {other:?} is not supported yet for the worker's SQL connection; use \
-                     prefer or disable"
-                ),
-            });
-        }
+    let ca = match &s.postgres.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| CdcError::Connect {
+            endpoint: endpoint(s),
+            detail: format!("postgres.caFile {}: {e}", path.display()),
+        })?),
+        None => None,
     };
     let mut config = tokio_postgres::Config::new();
     config
@@ -65,10 +60,11 @@ pub async fn connect_sql(s: &CdcSettings, creds: &Credentials) -> Result<Client,
         .dbname(&s.postgres.database)
         .user(&creds.user)
         .password(&creds.password)
-        .ssl_mode(mode)
         .application_name("kartflow-cdc")
         .connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(NoTls))
+    // The same TLS as the operator's slot guard (libpq's sslmode meanings).
+    let handshake = pg_tls::connect(&mut config, s.postgres.ssl_mode, ca.as_deref());
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, handshake)
         .await
         .map_err(|_| CdcError::Connect {
             endpoint: endpoint(s),
@@ -76,9 +72,12 @@ pub async fn connect_sql(s: &CdcSettings, creds: &Credentials) -> Result<Client,
         })?
         .map_err(|e| CdcError::Connect {
             endpoint: endpoint(s),
-            detail: e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            detail: match &e {
+                ConnectError::Tls(t) => format!("postgres.caFile / sslMode: {t}"),
+                ConnectError::Postgres(p) => p
+                    .as_db_error()
+                    .map_or_else(|| p.to_string(), |d| d.message().to_owned()),
+            },
         })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -176,8 +175,15 @@ fn conninfo(s: &CdcSettings, creds: &Credentials) -> String {
         SslMode::VerifyCa => "verify-ca",
         SslMode::VerifyFull => "verify-full",
     };
+    // libpq checks the chain against sslrootcert (and, with verify-full, the name).
+    let root = s
+        .postgres
+        .ca_file
+        .as_ref()
+        .map(|p| format!(" sslrootcert={}", q(&p.to_string_lossy())))
+        .unwrap_or_default();
     format!(
-        "host={} port={} dbname={} user={} password={} sslmode={ssl} replication=database \
+        "host={} port={} dbname={} user={} password={} sslmode={ssl}{root} replication=database \
          application_name=kartflow-cdc connect_timeout=10",
         q(&s.postgres.host),
         s.postgres.port,

@@ -21,19 +21,53 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::crd::cdc_source::SslMode;
+use crate::config::cdc::SslMode;
 
-/// Why a TLS configuration cannot be built; `field` is the CR field to fix.
+/// Why a TLS configuration cannot be built. The caller says where the CA comes from (the
+/// operator: `spec.postgres.caCert`; the CDC worker: `postgres.caFile`).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error(
-        "spec.postgres.caCert is required with sslMode {mode}: name the Secret or ConfigMap key that holds the CA certificate (PEM)"
-    )]
+    #[error("a CA certificate is required with sslMode {mode}")]
     CaRequired { mode: &'static str },
-    #[error("spec.postgres.caCert: {detail}")]
+    #[error("{detail}")]
     BadCa { detail: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// A connection's I/O task, whatever its TLS stream.
+pub type Connection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// Connects `config` (its `ssl_mode` is set from `mode`) with the TLS `mode` asks for; the
+/// caller spawns the returned connection task.
+pub async fn connect(
+    config: &mut tokio_postgres::Config,
+    mode: SslMode,
+    ca_pem: Option<&[u8]>,
+) -> Result<(tokio_postgres::Client, Connection), ConnectError> {
+    let tls = setup(mode, ca_pem)?;
+    config.ssl_mode(tls.mode);
+    let connected = match tls.config {
+        None => config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map(|(c, conn)| (c, Box::pin(conn) as Connection)),
+        Some(rustls_config) => config
+            .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config))
+            .await
+            .map(|(c, conn)| (c, Box::pin(conn) as Connection)),
+    };
+    Ok(connected?)
+}
+
+/// Why [`connect`] failed: the TLS settings, or the connection itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
 }
 
 /// What to connect with: tokio-postgres' `sslmode` and, unless TLS is off, the rustls config.
@@ -220,7 +254,7 @@ mod tests {
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.starts_with("spec.postgres.caCert is required"), "{err}");
+            assert!(err.starts_with("a CA certificate is required"), "{err}");
         }
     }
 
@@ -230,7 +264,7 @@ mod tests {
             (&b"hello"[..], "no certificate found"),
             (
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
-                "spec.postgres.caCert",
+                "PEM",
             ),
         ] {
             let err = setup(SslMode::VerifyFull, Some(pem))
