@@ -226,6 +226,21 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("secret");
+    // The example verifies the server (sslMode verify-full): the CA of the local server, as a
+    // user stores their database's CA.
+    let dev = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let ca_path = format!("{dev}/postgres/tls/ca.crt");
+    let ca = std::fs::read_to_string(&ca_path)
+        .unwrap_or_else(|e| panic!("{ca_path}: {e}; hack/postgres/postgres.sh up creates it"));
+    let ca_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "shop-db-ca"},
+        "stringData": {"ca.crt": ca}
+    }))
+    .expect("CA secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ca_secret)
+        .await
+        .expect("CA secret");
     let topic = format!("{slot}-order-events");
     std::thread::scope(|s| {
         s.spawn(|| create_topic(&topic));
@@ -238,10 +253,15 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
     cdc["metadata"]["namespace"] = json!(ns);
     let spec = &mut cdc["spec"];
     spec["image"] = json!("kartflow/worker:dev");
-    spec["postgres"]["host"] = json!(p.host);
+    // The local server's certificate names "localhost": verify-full as the example asks, for
+    // the operator's slot guard and for the worker alike.
+    spec["postgres"]["host"] = json!("localhost");
     spec["postgres"]["port"] = json!(p.port);
     spec["postgres"]["database"] = json!(p.database);
-    spec["postgres"]["sslMode"] = json!("disable");
+    assert_eq!(
+        spec["postgres"]["sslMode"], "verify-full",
+        "the example verifies TLS"
+    );
     spec["publication"]["name"] = json!(format!("{slot}_pub"));
     spec["publication"]["tables"] = json!([format!("public.{table}")]);
     spec["slot"]["name"] = json!(slot);
@@ -282,6 +302,28 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
         .into_iter()
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .collect();
+    // Both the worker's replication connection and the guard's connection are encrypted.
+    let encrypted: Vec<(String, bool)> = db
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name = 'kartflow-cdc' AND a.backend_type = 'walsender' \
+                OR a.application_name = $1",
+            &[&format!("kartflow-slot-guard {ns}/orders")],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        encrypted.iter().any(|(a, _)| a == "kartflow-cdc")
+            && encrypted
+                .iter()
+                .any(|(a, _)| a.starts_with("kartflow-slot-guard"))
+            && encrypted.iter().all(|(_, ssl)| *ssl),
+        "worker and guard connect over TLS (verify-full): {encrypted:?}"
+    );
     let topic_c = topic.clone();
     wait_for("the order lines in Kafka", T, || {
         let topic = topic_c.clone();
