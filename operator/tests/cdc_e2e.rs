@@ -94,7 +94,6 @@ impl Drop for Cleanup {
 struct Pg {
     user: String,
     password: String,
-    host: String,
     port: u16,
     database: String,
 }
@@ -104,7 +103,6 @@ fn pg() -> Pg {
     Pg {
         user: url.username().into(),
         password: url.password().unwrap_or_default().into(),
-        host: url.host_str().unwrap_or("127.0.0.1").into(),
         port: url.port().unwrap_or(5432),
         database: url.path().trim_start_matches('/').into(),
     }
