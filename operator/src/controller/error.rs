@@ -15,7 +15,7 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("Kubernetes API: {0}")]
+    #[error("{}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Guard(#[from] GuardError),
@@ -46,6 +46,64 @@ pub enum Error {
     /// Adding or removing our finalizer failed (its apply and cleanup errors are unwrapped).
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// The CR field a field of a child's pod template comes from, for the paths a user can reach
+/// through the spec.
+fn cr_field(child_field: &str) -> Option<&'static str> {
+    const MAP: [(&str, &str); 8] = [
+        (
+            "spec.template.spec.containers[0].resources",
+            "spec.resources",
+        ),
+        ("spec.template.spec.containers[0].image", "spec.image"),
+        ("spec.template.spec.nodeSelector", "spec.pod.nodeSelector"),
+        ("spec.template.spec.tolerations", "spec.pod.tolerations"),
+        (
+            "spec.template.spec.serviceAccountName",
+            "spec.pod.serviceAccountName",
+        ),
+        ("spec.template.metadata.labels", "spec.pod.labels"),
+        ("spec.template.metadata.annotations", "spec.pod.annotations"),
+        ("spec.replicas", "spec.replicas"),
+    ];
+    MAP.iter()
+        .find(|(child, _)| child_field.starts_with(child))
+        .map(|(_, cr)| *cr)
+}
+
+/// A sentence for a person: an apiserver refusal of a child names the CR's field and the
+/// apiserver's reason, never a debug dump of the status.
+fn kube_message(e: &kube::Error) -> String {
+    let kube::Error::Api(status) = e else {
+        return format!("Kubernetes API: {e}");
+    };
+    if status.code != 422 {
+        return format!("Kubernetes API ({}): {}", status.code, status.message);
+    }
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default();
+    let named: Vec<String> = causes
+        .iter()
+        .filter_map(|c| {
+            let field = c.field.as_str();
+            Some(match cr_field(field) {
+                Some(cr) => format!("{cr}: {}", c.message),
+                None => format!("{field}: {}", c.message),
+            })
+        })
+        .collect();
+    if named.is_empty() {
+        format!("the apiserver refused a child object: {}", status.message)
+    } else {
+        format!(
+            "the apiserver refused a child built from the spec: {}",
+            named.join("; ")
+        )
+    }
 }
 
 impl Error {
@@ -104,6 +162,31 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn a_refused_child_names_the_crs_field_in_a_sentence() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "message": "Deployment.apps \"shop-worker\" is invalid: ...",
+            "details": {"causes": [
+                {"field": "spec.template.spec.containers[0].resources.requests[cpu]",
+                 "message": "Invalid value: \"lots\": must be a quantity", "reason": "FieldValueInvalid"},
+                {"field": "spec.template.spec.hostname", "message": "Invalid value", "reason": "FieldValueInvalid"}
+            ]}
+        }))
+        .expect("status");
+        let e = Error::Kube(kube::Error::Api(Box::new(status)));
+        let msg = e.to_string();
+        assert_eq!(
+            msg,
+            "the apiserver refused a child built from the spec: spec.resources: Invalid value: \
+             \"lots\": must be a quantity; spec.template.spec.hostname: Invalid value"
+        );
+        assert!(!msg.contains("Status {"), "no debug dump: {msg}");
+        assert_eq!(e.reason(), "ChildRejected");
+        let other = Error::Kube(api_error(409)).to_string();
+        assert_eq!(other, "Kubernetes API (409): refused");
     }
 
     fn policy_error() -> PolicyError {
@@ -230,7 +313,7 @@ mod tests {
             source: Box::new(api_error(503).into()),
         };
         let cause = e.source().map(ToString::to_string).unwrap_or_default();
-        assert!(cause.starts_with("Kubernetes API: ApiError"), "{cause}");
+        assert_eq!(cause, "Kubernetes API (503): refused");
         let text = e.to_string();
         assert!(
             text.starts_with(&format!(
