@@ -88,12 +88,9 @@ fn kube_message(e: &kube::Error) -> String {
         .unwrap_or_default();
     let named: Vec<String> = causes
         .iter()
-        .filter_map(|c| {
-            let field = c.field.as_str();
-            Some(match cr_field(field) {
-                Some(cr) => format!("{cr}: {}", c.message),
-                None => format!("{field}: {}", c.message),
-            })
+        .map(|c| match cr_field(&c.field) {
+            Some(cr) => format!("{cr}: {}", c.message),
+            None => format!("{}: {}", c.field, c.message),
         })
         .collect();
     if named.is_empty() {
