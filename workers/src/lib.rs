@@ -10,3 +10,4 @@
 pub mod inventory;
 pub mod kafka;
 pub mod process;
+pub mod read_model;
