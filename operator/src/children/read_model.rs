@@ -425,6 +425,7 @@ mod tests {
                 "view": {"recentEventsPerProduct": 10, "recentAlertsPerProduct": 5,
                     "recentAlerts": 1000, "historyWindow": 3600000},
                 "shutdownDelay": 5000,
+                "partitionCheckInterval": 30000,
                 "adminListen": "0.0.0.0:8080"
             })
         );

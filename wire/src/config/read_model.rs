@@ -37,12 +37,19 @@ pub struct ReadModelSettings {
     /// Service endpoints, before WebSocket clients are closed with 1001 (going away).
     #[serde(default = "default_shutdown_delay")]
     pub shutdown_delay: Millis,
+    /// How often the replica looks for partitions added to its topics (read from their start).
+    #[serde(default = "default_partition_check_interval")]
+    pub partition_check_interval: Millis,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
 }
 
 fn default_shutdown_delay() -> Millis {
     Millis(5_000)
+}
+
+fn default_partition_check_interval() -> Millis {
+    Millis(30_000)
 }
 
 /// How much history the view keeps besides each product's current state.
@@ -83,6 +90,7 @@ impl ReadModelSettings {
             websocket: WebSocketSettings::default(),
             view: ViewSettings::default(),
             shutdown_delay: default_shutdown_delay(),
+            partition_check_interval: default_partition_check_interval(),
             admin_listen: default_admin_listen(),
         }
     }
@@ -120,7 +128,8 @@ pub struct WebSocketSettings {
     /// Connections per replica at most.
     pub max_connections: u32,
     /// Distinct products waiting to be sent to one client. Changes to a product already waiting
-    /// are conflated into it; a client with more than this many waiting is closed (4008).
+    /// are conflated into it; a client whose queue stays full until the replica's change log
+    /// no longer covers it is closed (4008).
     pub queue_capacity: u32,
     /// The server pings every client this often; a client silent for two intervals is closed.
     pub ping_interval: Millis,
@@ -188,6 +197,12 @@ impl WorkerConfig for ReadModelSettings {
                 return Err(ConfigError::invalid(field, "must be at least 100ms"));
             }
         }
+        if self.partition_check_interval.0 < 100 {
+            return Err(ConfigError::invalid(
+                "partitionCheckInterval",
+                "must be at least 100ms",
+            ));
+        }
         if self.view.recent_alerts == 0 {
             return Err(ConfigError::invalid(
                 "view.recentAlerts",
@@ -238,6 +253,7 @@ mod tests {
         full["view"] = json!({"recentEventsPerProduct": 3, "recentAlertsPerProduct": 0,
             "recentAlerts": 50, "historyWindow": "10m"});
         full["shutdownDelay"] = json!("1s");
+        full["partitionCheckInterval"] = json!("2s");
         assert_contract::<ReadModelSettings>(
             full,
             &[
@@ -262,6 +278,10 @@ mod tests {
                     "topics.inventoryAlerts",
                 ),
                 (json!({"view": {"recentAlerts": 0}}), "view.recentAlerts"),
+                (
+                    json!({"partitionCheckInterval": 5}),
+                    "partitionCheckInterval",
+                ),
                 (
                     json!({"view": {"historyWindow": "60d"}}),
                     "view.historyWindow",

@@ -3,8 +3,8 @@
 //! The queue holds product ids, not messages: when a product changes again before the client took
 //! the previous change, the id is already waiting and nothing is added (conflated); the message is
 //! built from the product's current state when it is sent. So a slow client receives the latest
-//! state of each product, the queue never holds more than `capacity` ids, and a client with more
-//! distinct products waiting than that is too slow even conflated and gets closed.
+//! state of each product and the queue never holds more than `capacity` ids; a full queue stops
+//! taking changes (they wait in the view's bounded change log, see `ws`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub enum Push {
     Queued,
     /// Already waiting: the earlier change is replaced by this one.
     Conflated,
-    /// The queue is full of distinct products: close the client.
+    /// The queue is full of distinct products: not queued, take no more changes for now.
     Overflow,
 }
 

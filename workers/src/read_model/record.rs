@@ -282,7 +282,8 @@ mod tests {
         let event = json!({"productId": "P1", "productName": "Kart", "eventType": "OUT_OF_STOCK",
             "previousInventory": 1, "currentInventory": 0, "previousPrice": 1.0,
             "currentPrice": 1.0, "changeReason": "order", "timestamp": 5});
-        let cases: Vec<(Input, Option<&[u8]>, Vec<u8>, &str)> = vec![
+        type Case<'a> = (Input, Option<&'a [u8]>, Vec<u8>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
             (Input::Products, None, b"{not json".to_vec(), "undecodable"),
             (
                 Input::Products,

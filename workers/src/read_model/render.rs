@@ -72,7 +72,7 @@ impl AlertFilter {
 /// in no global order).
 pub fn alerts<'a>(all: impl Iterator<Item = &'a RecentAlert>, filter: &AlertFilter) -> String {
     let mut picked: Vec<&RecentAlert> = all.filter(|a| filter.matches(a)).collect();
-    picked.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
+    picked.sort_by_key(|a| std::cmp::Reverse(a.timestamp));
     picked.truncate(filter.limit);
     let mut out = String::from("{\"alerts\":[");
     for (i, a) in picked.iter().enumerate() {

@@ -240,13 +240,17 @@ impl View {
         self.seq
     }
 
-    /// Ids changed after `cursor` (a previous [`View::seq`]), oldest first, with repeats.
-    pub fn changes_since(&self, cursor: u64) -> Result<impl Iterator<Item = &Arc<str>>, Behind> {
+    /// `(seq, id)` of the changes after `cursor` (a previous [`View::seq`] or `seq` of a change
+    /// already taken), oldest first, with repeats.
+    pub fn changes_since(
+        &self,
+        cursor: u64,
+    ) -> Result<impl Iterator<Item = (u64, &Arc<str>)>, Behind> {
         if cursor < self.evicted {
             return Err(Behind);
         }
         let start = self.changes.partition_point(|(seq, _)| *seq <= cursor);
-        Ok(self.changes.range(start..).map(|(_, id)| id))
+        Ok(self.changes.range(start..).map(|(seq, id)| (*seq, id)))
     }
 
     /// Bytes held for products, history and indexes: an estimate from sizes and lengths (the
@@ -418,11 +422,15 @@ mod tests {
         let ids: Vec<&str> = v
             .changes_since(start)
             .expect("in log")
-            .map(|s| &**s)
+            .map(|(_, s)| &**s)
             .collect();
         assert_eq!(ids, ["A", "B", "A", "C"]);
-        let ids: Vec<&str> = v.changes_since(3).expect("in log").map(|s| &**s).collect();
-        assert_eq!(ids, ["C"]);
+        let ids: Vec<(u64, &str)> = v
+            .changes_since(3)
+            .expect("in log")
+            .map(|(seq, s)| (seq, &**s))
+            .collect();
+        assert_eq!(ids, [(4, "C")]);
         v.apply(product("D", "x", 1, 1.0), None);
         assert_eq!(v.changes_since(start).err(), Some(Behind));
         assert!(v.changes_since(1).is_ok());
