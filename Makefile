@@ -8,12 +8,17 @@ CARGO ?= cargo
 # DATABASE_URL and KUBECONFIG instead of starting the local stack and cluster.
 STACK ?= local
 
-.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo demo-down bench-inventory \
+.PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo demo-down bench-inventory bench-read-model \
 	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check chart-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
 BENCH_PRODUCTS ?= 100000
 BENCH_ORDERS ?= 300000
+# Read-model benchmark; e.g. `make bench-read-model BENCH_RM_PRODUCTS=200000 BENCH_RM_WS_CLIENTS=100`.
+BENCH_RM_PRODUCTS ?= 1000000
+BENCH_RM_PARTITIONS ?= 2,6
+BENCH_RM_WS_CLIENTS ?= 1000
+BENCH_RM_WS_RATE ?= 5000
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -102,6 +107,12 @@ bench-inventory: ## Inventory worker vs raw transactional passthrough (results i
 	hack/dev.sh up >/dev/null
 	$(CARGO) bench -p kartflow-worker --bench inventory --locked -- \
 	  --products $(BENCH_PRODUCTS) --orders $(BENCH_ORDERS)
+
+bench-read-model: ## Read replica restore vs raw consumer, GET latency, WebSocket fan-out (target/bench/)
+	hack/dev.sh up >/dev/null
+	$(CARGO) bench -p kartflow-worker --bench read_model --locked -- \
+	  --products $(BENCH_RM_PRODUCTS) --partitions $(BENCH_RM_PARTITIONS) \
+	  --ws-clients $(BENCH_RM_WS_CLIENTS) --ws-rate $(BENCH_RM_WS_RATE)
 
 demo: ## Bring everything up and show the pipeline working (root; see hack/demo/)
 	hack/demo/demo.sh up
