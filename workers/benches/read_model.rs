@@ -63,7 +63,10 @@ fn parse_args() -> Args {
         match argv[i].as_str() {
             "--products" => a.products = n() as usize,
             "--partitions" => {
-                a.partitions = v.split(',').map(|p| p.parse().expect("--partitions 2,6")).collect()
+                a.partitions = v
+                    .split(',')
+                    .map(|p| p.parse().expect("--partitions 2,6"))
+                    .collect()
             }
             "--get-seconds" => a.get_seconds = n(),
             "--get-connections" => a.get_connections = n() as usize,
@@ -118,7 +121,11 @@ fn product(i: usize, inventory: i64) -> String {
     })
     .to_string();
     let pad = 300usize.saturating_sub(s.len());
-    s = s.replacen("\"description\":\"\"", &format!("\"description\":\"{}\"", "d".repeat(pad)), 1);
+    s = s.replacen(
+        "\"description\":\"\"",
+        &format!("\"description\":\"{}\"", "d".repeat(pad)),
+        1,
+    );
     s
 }
 
@@ -227,7 +234,13 @@ impl Drop for Replica {
     }
 }
 
-fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str, cpu: Option<&str>) -> Replica {
+fn start_replica(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    topic: &str,
+    cpu: Option<&str>,
+) -> Replica {
     let (http, admin) = (free_port(), free_port());
     let config = json!({
         "readModel": "bench.view",
@@ -262,7 +275,10 @@ fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str
 }
 
 fn ready(port: u16) -> bool {
-    matches!(kartflow_testkit::http::request(port, "GET", "/readyz", None), Ok((200, _)))
+    matches!(
+        kartflow_testkit::http::request(port, "GET", "/readyz", None),
+        Ok((200, _))
+    )
 }
 
 fn stats(port: u16) -> Value {
@@ -271,7 +287,8 @@ fn stats(port: u16) -> Value {
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = kartflow_testkit::http::request(port, "GET", "/metrics", None).expect("metrics");
+    let (_, body) =
+        kartflow_testkit::http::request(port, "GET", "/metrics", None).expect("metrics");
     body.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -287,7 +304,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// One keep-alive HTTP/1.1 connection issuing GETs for random products until `stop`.
 async fn get_loop(port: u16, products: usize, stop: Arc<AtomicBool>, seed: u64) -> Vec<f64> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let mut x = seed | 1;
     let mut lat = Vec::new();
@@ -313,7 +332,8 @@ async fn get_loop(port: u16, products: usize, stop: Arc<AtomicBool>, seed: u64) 
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .expect("content-length");
                 break (pos + 4, len);
@@ -341,13 +361,21 @@ struct WsResult {
     closed_slow: f64,
 }
 
-fn websocket(bootstrap: &str, dir: &std::path::Path, a: &Args, rt: &tokio::runtime::Runtime) -> WsResult {
+fn websocket(
+    bootstrap: &str,
+    dir: &std::path::Path,
+    a: &Args,
+    rt: &tokio::runtime::Runtime,
+) -> WsResult {
     let topic = format!("bench-rm-ws-{}", now_ms());
     create_topic(bootstrap, &topic, 2);
     fill(bootstrap, &topic, a.ws_products);
     let mut r = start_replica(bootstrap, dir, "ws", &topic, None);
     while !ready(r.admin) {
-        assert!(r.child.try_wait().expect("wait").is_none(), "ws replica exited");
+        assert!(
+            r.child.try_wait().expect("wait").is_none(),
+            "ws replica exited"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let rss_before = rss_kib(r.child.id()) as f64 / 1024.0;
@@ -359,13 +387,17 @@ fn websocket(bootstrap: &str, dir: &std::path::Path, a: &Args, rt: &tokio::runti
         let (stop, delivered, connected) = (stop.clone(), delivered.clone(), connected.clone());
         let url = format!("ws://127.0.0.1:{}/ws", r.http);
         clients.push(rt.spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("ws connect");
             let mut lat = Vec::new();
             let mut snapshot_done = false;
             while !stop.load(Ordering::Relaxed) {
                 let msg = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
                 let Ok(Some(Ok(msg))) = msg else { continue };
-                let tokio_tungstenite::tungstenite::Message::Text(t) = msg else { continue };
+                let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
+                    continue;
+                };
                 let v: Value = serde_json::from_str(t.as_str()).expect("frame");
                 let now = now_ms();
                 if v["type"] == "snapshot" {
@@ -387,7 +419,10 @@ fn websocket(bootstrap: &str, dir: &std::path::Path, a: &Args, rt: &tokio::runti
     }
     let t = Instant::now();
     while (connected.load(Ordering::Relaxed) as usize) < a.ws_clients {
-        assert!(t.elapsed() < Duration::from_secs(300), "clients did not all get their snapshot");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "clients did not all get their snapshot"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Paced writer: rate/100 updates every 10 ms.
@@ -404,7 +439,12 @@ fn websocket(bootstrap: &str, dir: &std::path::Path, a: &Args, rt: &tokio::runti
             x ^= x >> 7;
             x ^= x << 17;
             let i = (x % a.ws_products as u64) as usize;
-            send(&p, &topic, &format!("P{i:08}"), &product(i, (written % 50) as i64));
+            send(
+                &p,
+                &topic,
+                &format!("P{i:08}"),
+                &product(i, (written % 50) as i64),
+            );
             written += 1;
         }
         tick += 1;
@@ -433,7 +473,10 @@ fn websocket(bootstrap: &str, dir: &std::path::Path, a: &Args, rt: &tokio::runti
         p99_ms: percentile(&lat, 0.99),
         rss_before_mib: rss_before,
         rss_during_mib: rss_during,
-        closed_slow: metric(r.admin, "kartflow_read_model_websocket_closed_total{reason=\"too_slow\"}"),
+        closed_slow: metric(
+            r.admin,
+            "kartflow_read_model_websocket_closed_total{reason=\"too_slow\"}",
+        ),
     }
 }
 
@@ -465,7 +508,11 @@ fn main() {
         let spawn = Instant::now();
         let mut r = start_replica(&bootstrap, &dir, &format!("restore-{parts}"), &topic, cpu);
         while !ready(r.admin) {
-            assert!(r.child.try_wait().expect("wait").is_none(), "replica exited; see {}", dir.display());
+            assert!(
+                r.child.try_wait().expect("wait").is_none(),
+                "replica exited; see {}",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let secs = spawn.elapsed().as_secs_f64();
@@ -506,7 +553,14 @@ fn main() {
     if let Some(r) = &get_replica {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..a.get_connections)
-            .map(|i| rt.spawn(get_loop(r.http, a.products, stop.clone(), 0x1234_5678 + i as u64)))
+            .map(|i| {
+                rt.spawn(get_loop(
+                    r.http,
+                    a.products,
+                    stop.clone(),
+                    0x1234_5678 + i as u64,
+                ))
+            })
             .collect();
         std::thread::sleep(Duration::from_secs(a.get_seconds));
         stop.store(true, Ordering::Relaxed);
@@ -519,20 +573,34 @@ fn main() {
         let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
         let server_p99 = {
             // The replica's own histogram (route /products/{id}), bucket upper bound.
-            let (_, body) = kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
+            let (_, body) =
+                kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
             let buckets: Vec<(f64, f64)> = body
                 .lines()
-                .filter(|l| l.starts_with("kartflow_read_model_http_request_seconds_bucket") && l.contains("route=\"/products/{id}\""))
+                .filter(|l| {
+                    l.starts_with("kartflow_read_model_http_request_seconds_bucket")
+                        && l.contains("route=\"/products/{id}\"")
+                })
                 .filter_map(|l| {
                     let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                    let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
                     Some((le, l.rsplit(' ').next()?.parse().ok()?))
                 })
                 .collect();
             let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-            buckets.iter().find(|(_, c)| *c >= 0.99 * total).map(|b| b.0 * 1e3).unwrap_or(f64::NAN)
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= 0.99 * total)
+                .map(|b| b.0 * 1e3)
+                .unwrap_or(f64::NAN)
         };
-        eprintln!("GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)");
+        eprintln!(
+            "GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)"
+        );
         md.push_str(&format!(
             "| GET /products/{{id}}, replica on one core, {c} keep-alive connections | {rps:.0} requests/s |\n\
              | GET /products/{{id}} latency p50 / p99 (client) | {p50:.3} ms / {p99:.3} ms |\n\
@@ -551,7 +619,16 @@ fn main() {
         let w = websocket(&bootstrap, &dir, &a, &rt);
         eprintln!(
             "WebSocket: {} clients, {} updates written, {} product states delivered, {} conflated, {} frames, p50 {} ms, p99 {} ms, RSS {:.0} → {:.0} MiB, closed as slow {}",
-            a.ws_clients, w.written, w.delivered, w.conflated, w.frames, w.p50_ms, w.p99_ms, w.rss_before_mib, w.rss_during_mib, w.closed_slow
+            a.ws_clients,
+            w.written,
+            w.delivered,
+            w.conflated,
+            w.frames,
+            w.p50_ms,
+            w.p99_ms,
+            w.rss_before_mib,
+            w.rss_during_mib,
+            w.closed_slow
         );
         md.push_str(&format!(
             "| WebSocket: {c} clients × all of {p} products, {rate} updates/s for {s} s | {written} updates written; {delivered} product states delivered ({per:.0} % of written × clients), {conflated:.0} conflated, {frames:.0} frames, {slow:.0} clients closed as too slow |\n\

@@ -776,3 +776,85 @@ fn websocket_snapshot_changes_conflation_slow_close_and_going_away() {
     let exit = replica.child.wait().expect("wait");
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// The scaling trap, with processes: 4 replicas over 2-partition topics written by a real
+/// inventory worker. Once the pipeline is idle, every replica serves every product with the
+/// inventory the workload implies (the partitioned-KTable design would split them 4 ways).
+/// The same check on the local Kubernetes cluster is operator/tests/read_model_e2e.rs.
+#[test]
+#[ignore = "needs the local Kafka: make test runs it (or make dev-up, then --include-ignored)"]
+fn four_replicas_over_two_partitions_each_serve_every_product() {
+    use support::{PipelineConfig, Rng, TopicNames, Worker, Workload};
+    let mut rng = Rng::from_env("rm-trap");
+    let kafka = Kafka::connect();
+    let dir = TestDir::new("read-model-trap");
+    let names = TopicNames::unique("rm-trap");
+    kafka.create_topics(&names.inputs(), 2);
+    let workload = Workload::generate(&mut rng, 300, 3_000, 5);
+    let want = workload.expected();
+    let bootstrap = workload.write_bootstrap_file(&dir);
+    let pipeline = PipelineConfig::new("rm-trap", &names, Some(bootstrap), &dir.savepoint_url());
+    let mut inventory = Worker::new(&dir, &pipeline, "rm-trap-inv");
+    inventory.start_ready(Duration::from_secs(60));
+    let topics = Topics {
+        products: names.products.clone(),
+        events: names.inventory_events.clone(),
+        alerts: names.inventory_alerts.clone(),
+    };
+    let mut replicas: Vec<Replica> = (0..4)
+        .map(|i| Replica::start(&dir, &format!("trap-{i}"), &topics, json!({})))
+        .collect();
+    support::spawn_order_producer(
+        &kafka,
+        &names.order_events,
+        workload.sends.clone(),
+        Duration::from_secs(3),
+    )
+    .join()
+    .expect("order producer");
+    kafka.wait_caught_up(
+        &pipeline.group(),
+        &names.inputs(),
+        Duration::from_secs(90),
+        &[&inventory],
+    );
+    let ends: Vec<String> = kafka
+        .end_offsets(&names.products)
+        .into_iter()
+        .map(|(p, o)| format!("{}:{p}={o}", names.products))
+        .collect();
+    let min = ends.join(",");
+    for r in &mut replicas {
+        r.wait_ready(READY_TIMEOUT);
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        let mut got = BTreeMap::new();
+        let mut cursor = String::new();
+        loop {
+            let resp = r.get(
+                &format!("/products?limit=1000&cursor={cursor}"),
+                &[("Kartflow-Min-Offsets", &min)],
+            );
+            assert_eq!(resp.status, 200, "replica {i}: {resp:?}");
+            let page: Value = serde_json::from_str(&resp.body).expect("JSON");
+            for p in page["items"].as_array().expect("items") {
+                got.insert(
+                    p["productId"].as_str().expect("id").to_owned(),
+                    p["inventory"].as_i64().expect("inventory"),
+                );
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        assert_eq!(
+            got, want.inventory,
+            "replica {i} does not serve every product with the expected inventory"
+        );
+    }
+    eprintln!(
+        "4 replicas each serve all {} products with the expected inventory",
+        want.inventory.len()
+    );
+}
