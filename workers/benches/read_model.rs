@@ -173,6 +173,7 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "kartflow-bench-raw")
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.max.bytes", "104857600")
@@ -181,25 +182,44 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
         .create()
         .expect("consumer");
     let start = Instant::now();
+    // As the replica does: capture the end offsets, then read until every partition reached
+    // them (not until end-of-partition events, which can trail the last record by a fetch wait).
+    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
+    for p in 0..partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            pending.insert(p, high);
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
-    let mut done = 0;
     let mut records = 0u64;
-    while done < partitions {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                records += 1;
-                std::hint::black_box(m.payload());
+    let mut first: Option<Duration> = None;
+    while !pending.is_empty() {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            records += 1;
+            first.get_or_insert_with(|| start.elapsed());
+            std::hint::black_box(m.payload());
+            if pending
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end)
+            {
+                pending.remove(&m.partition());
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => done += 1,
-            _ => {}
         }
     }
-    (records as f64 / start.elapsed().as_secs_f64(), records)
+    let total = start.elapsed();
+    eprintln!(
+        "  raw consumer: first record after {:?}, {records} records in {total:?}",
+        first.unwrap_or_default()
+    );
+    (records as f64 / total.as_secs_f64(), records)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -480,8 +500,48 @@ fn websocket(
     }
 }
 
+/// In-process cost of the replica's core on N records: decode, then apply to a view.
+fn core_cost(n: usize) {
+    use kartflow_worker::read_model::record::{Input, decode};
+    use kartflow_worker::read_model::view::{Limits, Position, View};
+    let docs: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("P{i:08}"), product(i, 5)))
+        .collect();
+    let t = Instant::now();
+    let changes: Vec<_> = docs
+        .iter()
+        .map(|(k, v)| {
+            decode(Input::Products, Some(k.as_bytes()), Some(v.as_bytes()), 1).expect("valid")
+        })
+        .collect();
+    let decode_s = t.elapsed().as_secs_f64();
+    let topic: Arc<str> = Arc::from("products");
+    let mut view = View::new(Limits::default());
+    let t = Instant::now();
+    for (i, c) in changes.into_iter().enumerate() {
+        view.apply(
+            c,
+            Some(Position {
+                topic: &topic,
+                partition: 0,
+                offset: i as i64,
+            }),
+        );
+    }
+    let apply_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "core: decode {:.0} ns/record, apply {:.0} ns/record ({n} records)",
+        decode_s * 1e9 / n as f64,
+        apply_s * 1e9 / n as f64
+    );
+}
+
 fn main() {
     let a = parse_args();
+    if std::env::args().any(|a| a == "--core-only") {
+        core_cost(a.products);
+        return;
+    }
     let bootstrap = kartflow_testkit::kafka_bootstrap();
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir).expect("target/bench");

@@ -25,7 +25,6 @@ use tracing::{info, info_span, warn};
 
 use super::record::{self, Change, Input, RecordError};
 use super::shared::Shared;
-use super::view::Position;
 use crate::process::Shutdown;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -160,6 +159,9 @@ pub struct Reader {
     pub required: bool,
     /// How often to look for added partitions.
     pub partition_check: Duration,
+    /// `(index, count)`: this reader takes the partitions `p` with `p % count == index`, so
+    /// `count` readers restore one topic in parallel (decoding is the replica's main cost).
+    pub shard: (usize, usize),
 }
 
 /// The consumer settings every reader uses on top of the user's client properties.
@@ -409,7 +411,8 @@ impl Reader {
     ) -> Result<(), ConsumeError> {
         let mut tpl = TopicPartitionList::new();
         let mut times = TopicPartitionList::new();
-        for p in range.clone() {
+        let (index, count) = self.shard;
+        for p in range.clone().filter(|p| p % count.max(1) == index) {
             let p = i32::try_from(p).unwrap_or(i32::MAX);
             let (low, high) = consumer
                 .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
@@ -492,23 +495,25 @@ impl Reader {
     fn apply(&self, batch: &mut Vec<Item>, topic: &Arc<str>, shared: &Shared) {
         let input = self.input.as_str();
         let mut rejected: Vec<(i32, i64, RecordError)> = Vec::new();
+        // Positions move once per partition per batch (under the same lock, so no answer sees
+        // a record without its position or the reverse).
+        let mut ends: Vec<(i32, i64)> = Vec::new();
         let (seq, products) = {
             let mut view = shared.write();
             for item in batch.drain(..) {
-                let at = Position {
-                    topic,
-                    partition: item.partition,
-                    offset: item.offset,
-                };
+                match ends.iter_mut().find(|(p, _)| *p == item.partition) {
+                    Some((_, next)) => *next = (*next).max(item.offset + 1),
+                    None => ends.push((item.partition, item.offset + 1)),
+                }
                 match item.result {
                     Ok(change) => {
-                        view.apply(change, Some(at));
+                        view.apply(change, None);
                     }
-                    Err(e) => {
-                        view.skip(at);
-                        rejected.push((item.partition, item.offset, e));
-                    }
+                    Err(e) => rejected.push((item.partition, item.offset, e)),
                 }
+            }
+            for (partition, next) in ends {
+                view.reached(topic, partition, next);
             }
             (view.seq(), view.len())
         };

@@ -162,8 +162,9 @@ pub fn decode(
                     _ => Err(RecordError::Empty(input.as_str())),
                 };
             };
-            let p: BorrowedProduct<'_> =
-                serde_json::from_slice(payload).map_err(|e| undecodable(&e))?;
+            // UTF-8 checked once here; from_str does not check again (from_slice would).
+            let text = std::str::from_utf8(payload).map_err(|e| undecodable(&e))?;
+            let p: BorrowedProduct<'_> = serde_json::from_str(text).map_err(|e| undecodable(&e))?;
             if p.product_id.is_empty() {
                 return Err(invalid("productId is empty"));
             }
@@ -171,10 +172,7 @@ pub fn decode(
                 return Err(invalid("price is not a finite number"));
             }
             check_key(&p.product_id)?;
-            // from_slice checked the bytes are UTF-8 JSON; this only re-checks UTF-8.
-            let raw = std::str::from_utf8(payload)
-                .map_err(|e| undecodable(&e))?
-                .trim();
+            let raw = text.trim();
             Ok(Change::Product {
                 id: p.product_id.into_owned(),
                 fields: Some(ProductFields {

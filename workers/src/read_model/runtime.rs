@@ -111,29 +111,32 @@ pub fn run(args: Args) -> Result<(), RunError> {
     let window_start = consume::now_ms() - settings.view.history_window.as_i64();
     let t = &settings.topics;
     let partition_check = duration(settings.partition_check_interval);
-    let readers = [
-        Reader {
+    // `products` is the bulk of a restore: one reader per core (at most 4), each with its own
+    // share of the partitions, so decoding runs in parallel. History topics are small.
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let mut readers: Vec<Reader> = (0..shards)
+        .map(|index| Reader {
             input: Input::Products,
             topic: t.products.clone(),
             start: StartAt::Beginning,
             required: true,
             partition_check,
-        },
-        Reader {
-            input: Input::Events,
-            topic: t.inventory_events.clone(),
+            shard: (index, shards),
+        })
+        .collect();
+    for (input, topic) in [
+        (Input::Events, &t.inventory_events),
+        (Input::Alerts, &t.inventory_alerts),
+    ] {
+        readers.push(Reader {
+            input,
+            topic: topic.clone(),
             start: StartAt::Since(window_start),
             required: false,
             partition_check,
-        },
-        Reader {
-            input: Input::Alerts,
-            topic: t.inventory_alerts.clone(),
-            start: StartAt::Since(window_start),
-            required: false,
-            partition_check,
-        },
-    ];
+            shard: (0, 1),
+        });
+    }
     let catch_up = Arc::new(CatchUp::new(readers.len()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Result<(), ConsumeError>)>();
     let mut threads = Vec::new();
@@ -145,7 +148,7 @@ pub fn run(args: Args) -> Result<(), RunError> {
             stop.clone(),
             done_tx.clone(),
         );
-        let name = format!("read-{}", reader.input.as_str());
+        let name = format!("read-{}-{}", reader.input.as_str(), reader.shard.0);
         let topic = reader.topic.clone();
         let handle = std::thread::Builder::new()
             .name(name)

@@ -7,6 +7,7 @@
 //! their per-product order), and `lastUpdate` is a maximum. So a replica reading the partitions
 //! of the three topics at any relative pace ends in the same view (see `properties`).
 
+use std::collections::btree_map::Entry as Slot;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -107,16 +108,18 @@ impl View {
         if let Some(p) = at {
             self.offsets.advance(p.topic, p.partition, p.offset + 1);
         }
-        let id = self.key_of(change.product_id());
         self.seq += 1;
         let seq = self.seq;
         let limits = self.limits;
-        match change {
+        let (id, change) = match change {
             Change::Product {
-                fields, timestamp, ..
+                id,
+                fields,
+                timestamp,
             } => {
+                // Interned before the map is borrowed.
                 let doc = fields.map(|f| self.doc(f));
-                let entry = self.entry(&id);
+                let (key, entry) = entry_for(&mut self.products, &id);
                 let was_served = entry.doc.is_some();
                 let now_served = doc.is_some();
                 entry.doc = doc;
@@ -127,27 +130,32 @@ impl View {
                     (true, false) => self.served -= 1,
                     _ => {}
                 }
+                (key, None)
             }
-            Change::Event { event, .. } => {
-                let entry = self.entry(&id);
+            Change::Event { id, event } => {
+                let (key, entry) = entry_for(&mut self.products, &id);
                 entry.last_update = entry.last_update.max(event.timestamp);
                 entry.version = seq;
                 if limits.events_per_product > 0 {
                     let events = &mut entry.history.get_or_insert_with(Box::default).events;
                     push_bounded(events, event, limits.events_per_product);
                 }
+                (key, None)
             }
             Change::Alert(alert) => {
                 let alert = Arc::new(alert);
-                let entry = self.entry(&id);
+                let (key, entry) = entry_for(&mut self.products, &alert.product_id);
                 entry.last_update = entry.last_update.max(alert.timestamp);
                 entry.version = seq;
                 if limits.alerts_per_product > 0 {
                     let alerts = &mut entry.history.get_or_insert_with(Box::default).alerts;
                     push_bounded(alerts, alert.clone(), limits.alerts_per_product);
                 }
-                push_bounded(&mut self.alerts, alert, limits.recent_alerts);
+                (key, Some(alert))
             }
+        };
+        if let Some(alert) = change {
+            push_bounded(&mut self.alerts, alert, limits.recent_alerts);
         }
         if self.changes.len() >= self.limits.change_log.max(1)
             && let Some((evicted, _)) = self.changes.pop_front()
@@ -167,22 +175,6 @@ impl View {
     /// Sets a partition's position without a record (the consumer moved past control records).
     pub fn reached(&mut self, topic: &Arc<str>, partition: i32, next: i64) {
         self.offsets.advance(topic, partition, next);
-    }
-
-    fn key_of(&self, id: &str) -> Arc<str> {
-        match self.products.get_key_value(id) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(id),
-        }
-    }
-
-    fn entry(&mut self, id: &Arc<str>) -> &mut Entry {
-        self.products.entry(id.clone()).or_insert(Entry {
-            doc: None,
-            last_update: i64::MIN,
-            history: None,
-            version: 0,
-        })
     }
 
     fn intern(&mut self, s: String) -> Arc<str> {
@@ -280,6 +272,28 @@ impl View {
         total += self.interned.iter().map(|s| s.len() + 32).sum::<usize>();
         total += self.changes.len() * size_of::<(u64, Arc<str>)>();
         total
+    }
+}
+
+/// The entry of `id`, created empty if missing, and the map's key for it. One traversal of the
+/// map, the cost that matters when a restore inserts a million keys (the key is allocated up
+/// front; for an existing product it is dropped again).
+fn entry_for<'a>(
+    products: &'a mut BTreeMap<Arc<str>, Entry>,
+    id: &str,
+) -> (Arc<str>, &'a mut Entry) {
+    match products.entry(Arc::from(id)) {
+        Slot::Occupied(o) => (o.key().clone(), o.into_mut()),
+        Slot::Vacant(v) => {
+            let key = v.key().clone();
+            let entry = v.insert(Entry {
+                doc: None,
+                last_update: i64::MIN,
+                history: None,
+                version: 0,
+            });
+            (key, entry)
+        }
     }
 }
 
