@@ -35,6 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Args {
     products: usize,
+    rounds: usize,
     partitions: Vec<i32>,
     get_seconds: u64,
     get_connections: usize,
@@ -47,11 +48,12 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         products: 1_000_000,
+        rounds: 2,
         partitions: vec![2, 6],
         get_seconds: 10,
         get_connections: 32,
         ws_clients: 1_000,
-        ws_products: 10_000,
+        ws_products: 1_000,
         ws_rate: 5_000,
         ws_seconds: 10,
     };
@@ -62,6 +64,7 @@ fn parse_args() -> Args {
         let n = || v.parse::<u64>().unwrap_or_else(|_| panic!("{} N", argv[i]));
         match argv[i].as_str() {
             "--products" => a.products = n() as usize,
+            "--rounds" => a.rounds = n() as usize,
             "--partitions" => {
                 a.partitions = v
                     .split(',')
@@ -254,13 +257,7 @@ impl Drop for Replica {
     }
 }
 
-fn start_replica(
-    bootstrap: &str,
-    dir: &std::path::Path,
-    name: &str,
-    topic: &str,
-    cpu: Option<&str>,
-) -> Replica {
+fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str) -> Replica {
     let (http, admin) = (free_port(), free_port());
     let config = json!({
         "readModel": "bench.view",
@@ -275,15 +272,7 @@ fn start_replica(
     std::fs::write(&path, config.to_string()).expect("config");
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
     let bin = env!("CARGO_BIN_EXE_kartflow-worker");
-    let mut cmd = match cpu {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", c, bin]);
-            cmd
-        }
-        None => Command::new(bin),
-    };
-    let child = cmd
+    let child = Command::new(bin)
         .args(["read-model", "--config"])
         .arg(&path)
         .args(["--instance-id", name])
@@ -312,7 +301,8 @@ fn metric(port: u16, name: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -390,7 +380,7 @@ fn websocket(
     let topic = format!("bench-rm-ws-{}", now_ms());
     create_topic(bootstrap, &topic, 2);
     fill(bootstrap, &topic, a.ws_products);
-    let mut r = start_replica(bootstrap, dir, "ws", &topic, None);
+    let mut r = start_replica(bootstrap, dir, "ws", &topic);
     while !ready(r.admin) {
         assert!(
             r.child.try_wait().expect("wait").is_none(),
@@ -418,18 +408,21 @@ fn websocket(
                 let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
                     continue;
                 };
-                let v: Value = serde_json::from_str(t.as_str()).expect("frame");
+                // Scanned, not parsed into a JSON tree: a tree per frame for 1,000 clients would
+                // make the load generator, not the replica, the bottleneck.
+                let text = t.as_str();
                 let now = now_ms();
-                if v["type"] == "snapshot" {
-                    if v["done"] == true && !snapshot_done {
+                if text.starts_with("{\"type\":\"snapshot\"") {
+                    if text.ends_with("\"done\":true}") && !snapshot_done {
                         snapshot_done = true;
                         connected.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }
-                for p in v["products"].as_array().into_iter().flatten() {
+                for part in text.split("\"lastUpdate\":").skip(1) {
                     delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(ts) = p["lastUpdate"].as_i64() {
+                    let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(ts) = digits.parse::<i64>() {
                         lat.push((now - ts) as f64);
                     }
                 }
@@ -561,21 +554,37 @@ fn main() {
         create_topic(&bootstrap, &topic, parts);
         eprintln!("producing {} products to {topic} ...", a.products);
         let bytes = fill(&bootstrap, &topic, a.products);
-        let (raw_rate, raw_records) = raw_consume(&bootstrap, &topic, parts);
-        assert_eq!(raw_records as usize, a.products);
-        // The replica of the first topic stays up (pinned to CPU 0) for the GET benchmark.
-        let cpu = get_replica.is_none().then_some("0");
-        let spawn = Instant::now();
-        let mut r = start_replica(&bootstrap, &dir, &format!("restore-{parts}"), &topic, cpu);
-        while !ready(r.admin) {
-            assert!(
-                r.child.try_wait().expect("wait").is_none(),
-                "replica exited; see {}",
-                dir.display()
+        // Alternating rounds, best of each: the machine is shared, and one slow round says more
+        // about the neighbours than about the code.
+        let mut raw_rate: f64 = 0.0;
+        let mut secs = f64::INFINITY;
+        let mut kept: Option<Replica> = None;
+        for round in 0..a.rounds.max(1) {
+            drop(kept.take());
+            let (rate, records) = raw_consume(&bootstrap, &topic, parts);
+            assert_eq!(records as usize, a.products);
+            raw_rate = raw_rate.max(rate);
+            let spawn = Instant::now();
+            let mut r = start_replica(
+                &bootstrap,
+                &dir,
+                &format!("restore-{parts}-{round}"),
+                &topic,
             );
-            std::thread::sleep(Duration::from_millis(10));
+            while !ready(r.admin) {
+                assert!(
+                    r.child.try_wait().expect("wait").is_none(),
+                    "replica exited; see {}",
+                    dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let took = spawn.elapsed().as_secs_f64();
+            eprintln!("  round {round}: raw {rate:.0}/s, replica ready in {took:.2}s");
+            secs = secs.min(took);
+            kept = Some(r);
         }
-        let secs = spawn.elapsed().as_secs_f64();
+        let r = kept.expect("at least one round");
         let rate = a.products as f64 / secs;
         let s = stats(r.http);
         assert_eq!(s["products"].as_u64(), Some(a.products as u64));
@@ -603,14 +612,20 @@ fn main() {
                 "replica_records_per_s": rate, "ratio": ratio, "ready_seconds": secs,
                 "rss_mib": rss, "view_estimate_mib": view, "json_mib": raw_mib}),
         );
+        // The replica of the first topic stays up for the GET benchmark.
         if get_replica.is_none() {
             get_replica = Some(r);
-        } else {
-            let _ = r.child.kill();
         }
     }
 
     if let Some(r) = &get_replica {
+        // One core for the replica (all its threads); the load generator runs on the other.
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &r.child.id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(pinned, "taskset could not pin the replica to CPU 0");
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..a.get_connections)
             .map(|i| {

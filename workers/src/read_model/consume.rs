@@ -349,15 +349,23 @@ impl Reader {
             }
             if !done && last_log.elapsed() >= PROGRESS_LOG {
                 last_log = Instant::now();
-                let progress: u64 = shared
-                    .progress()
+                // Per partition of this reader: records, MiB and target, e.g. `0=51200/100103`.
+                let progress = shared.progress();
+                let mine: Vec<String> = progress
                     .iter()
-                    .filter(|((t, _), _)| *t == self.topic)
-                    .map(|(_, p)| p.records)
-                    .sum();
+                    .filter(|((t, p), _)| *t == self.topic && parts.pending.contains_key(p))
+                    .map(|((_, p), pr)| {
+                        format!(
+                            "{p}={}/{} ({:.1} MiB)",
+                            pr.records,
+                            pr.target.unwrap_or_default(),
+                            pr.bytes as f64 / 1_048_576.0
+                        )
+                    })
+                    .collect();
                 info!(
-                    records = progress,
                     pending_partitions = parts.pending.len(),
+                    partitions = %mine.join(", "),
                     "restoring"
                 );
             }

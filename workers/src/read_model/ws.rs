@@ -96,13 +96,19 @@ pub async fn upgrade(
     let list = |k: &str| params.get(k).cloned().into_iter().collect::<Vec<_>>();
     let sub = Subscription::from_lists(&list("products"), &list("categories"));
     let shared = api.shared.clone();
-    ws.on_upgrade(move |socket| async move {
-        let _permit = permit;
-        shared.metrics.ws_clients.inc();
-        let reason = Client::new(shared.clone(), cfg, sub).serve(socket).await;
-        shared.metrics.ws_clients.dec();
-        debug!(?reason, "WebSocket client done");
-    })
+    // Clients only send subscribe requests: a small frame limit and read buffer bound what one
+    // can make the replica hold. Frames out are large (up to 256 products), so they go to the
+    // socket at once instead of through a 128 KiB write buffer per client.
+    ws.max_message_size(64 * 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            shared.metrics.ws_clients.inc();
+            let reason = Client::new(shared.clone(), cfg, sub).serve(socket).await;
+            shared.metrics.ws_clients.dec();
+            debug!(?reason, "WebSocket client done");
+        })
 }
 
 /// Why a client's connection ended.
