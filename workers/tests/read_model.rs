@@ -857,4 +857,43 @@ fn four_replicas_over_two_partitions_each_serve_every_product() {
         "4 replicas each serve all {} products with the expected inventory",
         want.inventory.len()
     );
+
+    // A WebSocket client on one replica sees the change an order makes within a second of the
+    // inventory event (lastUpdate is the newest of the product record's and its events'
+    // timestamps, both written by the inventory worker when it processed the order).
+    // A product with stock left, so the order certainly changes it.
+    let pid = want
+        .inventory
+        .iter()
+        .find(|(_, stock)| **stock > 1)
+        .map(|(id, _)| id.clone())
+        .expect("a product with stock");
+    let mut ws = connect(replicas[2].http, &format!("?products={pid}"));
+    assert_eq!(read_snapshot(&mut ws), std::slice::from_ref(&pid));
+    let line = support::Line {
+        event_id: "ws-latency-1".into(),
+        order_id: "ws-latency".into(),
+        product_id: pid.clone(),
+        quantity: 1,
+    };
+    let sent = Instant::now();
+    let producer = kafka.producer();
+    producer.send(&names.order_events, Some(&pid), line.to_json().as_bytes());
+    producer.flush();
+    let before = want.inventory[&pid];
+    let f = next_json(&mut ws);
+    let received = now_ms();
+    let order_to_client = sent.elapsed();
+    assert_eq!(f["type"], "update", "{f}");
+    let p = &f["products"][0];
+    assert_eq!(p["productId"], json!(pid));
+    assert_eq!(p["inventory"], json!(before - 1), "{f}");
+    let since_event = received - p["lastUpdate"].as_i64().expect("lastUpdate");
+    eprintln!(
+        "WebSocket change {since_event} ms after the inventory event, {order_to_client:?} after the order was sent"
+    );
+    assert!(
+        since_event < 1_000,
+        "the change reached the client {since_event} ms after the inventory event"
+    );
 }
