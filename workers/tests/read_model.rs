@@ -897,3 +897,72 @@ fn four_replicas_over_two_partitions_each_serve_every_product() {
         "the change reached the client {since_event} ms after the inventory event"
     );
 }
+
+/// Pings keep a reading client connected however idle it is; a client that answers nothing is
+/// closed with 4000 after two ping intervals. The metrics name the route and the reason.
+#[test]
+#[ignore = "needs the local Kafka: make test runs it (or make dev-up, then --include-ignored)"]
+fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
+    let kafka = Kafka::connect();
+    let dir = TestDir::new("read-model-ping");
+    let topics = Topics::create(&kafka, "rm-ping", 1);
+    Writer::new(&kafka).send_all(
+        &topics.products,
+        (0..10).map(|i| {
+            let id = format!("Q{i}");
+            (id.clone(), product(&id, "c", 1, 1.0))
+        }),
+    );
+    let mut replica = Replica::start(
+        &dir,
+        "ping",
+        &topics,
+        json!({"websocket": {"pingInterval": "300ms"}}),
+    );
+    replica.wait_ready(READY_TIMEOUT);
+    let mut reading = connect(replica.http, "");
+    let mut silent = connect(replica.http, "");
+    assert_eq!(read_snapshot(&mut reading).len(), 10);
+    // `reading` reads for 2 s (tungstenite answers each ping with a pong as it reads).
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        match reading.read() {
+            Ok(WsMessage::Ping(_)) => pings += 1,
+            Ok(WsMessage::Close(c)) => replica.fail(&format!("a reading client was closed: {c:?}")),
+            Ok(_) => {}
+            Err(e) => replica.fail(&format!("reading client: {e}")),
+        }
+    }
+    assert!(pings >= 4, "only {pings} pings in 2 s at a 300 ms interval");
+    // `silent` read nothing meanwhile: its buffered frames, then close 4000.
+    let code = loop {
+        match silent.read() {
+            Ok(WsMessage::Close(Some(frame))) => break u16::from(frame.code),
+            Ok(_) => {}
+            Err(e) => replica.fail(&format!("no close frame for the silent client: {e}")),
+        }
+    };
+    assert_eq!(code, 4000, "ping timeout");
+    assert!(
+        replica.metric("kartflow_read_model_websocket_closed_total{reason=\"ping_timeout\"}")
+            >= 1.0
+    );
+    assert_eq!(replica.metric("kartflow_read_model_websocket_clients"), 1.0);
+    // Request latency is recorded by route template, not by raw path.
+    replica.get("/products/Q1", &[]);
+    let r = get(replica.admin, "/metrics", &[]).expect("metrics");
+    assert!(
+        r.body.contains("route=\"/products/{id}\""),
+        "no per-route latency:\n{}",
+        r.body
+    );
+    assert!(!r.body.contains("route=\"/products/Q1\""));
+    // Lag per partition, from librdkafka's statistics (every 5 s).
+    replica.wait_for("the partition lag gauge", Duration::from_secs(15), |r| {
+        get(r.admin, "/metrics", &[]).is_ok_and(|m| {
+            m.body
+                .contains("kartflow_read_model_partition_lag{partition=\"0\"")
+        })
+    });
+}
