@@ -179,9 +179,9 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("queued.max.messages.kbytes", "262144")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("queued.max.messages.kbytes", "65536")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("consumer");
     let start = Instant::now();
