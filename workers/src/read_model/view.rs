@@ -177,13 +177,13 @@ impl View {
         self.offsets.advance(topic, partition, next);
     }
 
-    fn intern(&mut self, s: String) -> Arc<str> {
-        if let Some(existing) = self.interned.get(s.as_str()) {
+    /// The view's one copy of `s` (decoding threads each share theirs; this makes them one).
+    fn intern(&mut self, s: Arc<str>) -> Arc<str> {
+        if let Some(existing) = self.interned.get(&*s) {
             return existing.clone();
         }
-        let arc: Arc<str> = Arc::from(s);
-        self.interned.insert(arc.clone());
-        arc
+        self.interned.insert(s.clone());
+        s
     }
 
     fn doc(&mut self, f: ProductFields) -> ProductDoc {
@@ -309,6 +309,7 @@ pub(crate) mod testutil {
     use super::super::record::{Change, ProductFields, RecentAlert, RecentEvent};
     use kartflow_wire::{AlertType, Severity};
     use serde_json::json;
+    use std::sync::Arc;
 
     pub fn product(id: &str, category: &str, inventory: i64, price: f64) -> Change {
         let raw = json!({"productId": id, "name": format!("name {id}"), "category": category,
@@ -318,8 +319,8 @@ pub(crate) mod testutil {
             id: id.into(),
             fields: Some(ProductFields {
                 name: format!("name {id}"),
-                category: category.into(),
-                brand: "acme".into(),
+                category: Arc::from(category),
+                brand: Arc::from("acme"),
                 price,
                 inventory,
                 raw,
