@@ -1,9 +1,11 @@
 //! Children of a `ReadModel`: broadcast read replicas (Deployment), their Service, an HPA on CPU
 //! when autoscaling is on, and a PodDisruptionBudget.
 //!
-//! The worker's file is [`kartflow_wire::config::ReadModelSettings`]. The replicas listen on all
-//! addresses of the pod (`httpListen` 0.0.0.0:<port>), so `kubectl port-forward`, which connects
-//! to the pod's loopback address, reaches them as well as the Service does.
+//! The worker's file is [`kartflow_wire::config::ReadModelSettings`] (`httpListen` 0.0.0.0:<port>).
+//! The pods also get `KARTFLOW_HTTP_LISTEN=$(POD_IP):<port>`, like every worker's admin address:
+//! on the project's test node pods share the host network, where two replicas binding 0.0.0.0
+//! would collide. The worker then also listens on 127.0.0.1:<port> (best effort), which is what
+//! `kubectl port-forward` connects to inside a pod's own network namespace.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
@@ -125,6 +127,10 @@ pub fn read_model(
         spec_hash: hash,
         image: spec.image.clone(),
         args: pod::worker_args("read-model"),
+        env: vec![pod::env_value(
+            "KARTFLOW_HTTP_LISTEN",
+            format!("$(POD_IP):{}", spec.port),
+        )],
         ports: vec![pod::container_port(HTTP_PORT_NAME, spec.port)],
         mounts,
         resources: spec.resources.clone(),
@@ -517,8 +523,12 @@ mod tests {
             .find(|p| p.name.as_deref() == Some("http"))
             .expect("http port");
         assert_eq!(http.container_port, 8000);
-        // All addresses (from the file), so `kubectl port-forward` reaches the replica too.
-        assert!(env_of(w, "KARTFLOW_HTTP_LISTEN").is_none());
+        // The pod IP (pods share the host network on the test node); the worker adds loopback
+        // for `kubectl port-forward`.
+        assert_eq!(
+            env_of(w, "KARTFLOW_HTTP_LISTEN").and_then(|e| e.value.as_deref()),
+            Some("$(POD_IP):8000")
+        );
         let ports = c
             .service
             .spec
