@@ -2,7 +2,7 @@
 # Static checks of the Helm chart charts/kartflow (no cluster needed; ~2 s):
 #   - helm lint --strict, with the default values and with the HA values below
 #   - helm template renders exactly the expected kinds, with default values (ClusterRole) and with
-#     replicaCount=2,serviceMonitor.enabled=true,watchNamespace=foo (Role in foo, PDB,
+#     replicaCount=2,serviceMonitor.enabled=true,watchNamespaces={foo,bar} (Roles in foo and bar, PDB,
 #     ServiceMonitor); the Deployment leaves the command to the image and runs read-only
 #   - values.schema.json refuses replicaCount=-1 and an unknown key
 #   - charts/kartflow/crds/ is a copy of crds/ (make crds-check compares both with the Rust types)
@@ -39,7 +39,7 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export HELM_CACHE_HOME="${work}/cache" HELM_CONFIG_HOME="${work}/config" HELM_DATA_HOME="${work}/data"
-HA_VALUES="replicaCount=2,serviceMonitor.enabled=true,watchNamespace=foo"
+HA_VALUES="replicaCount=2,serviceMonitor.enabled=true,watchNamespaces={foo,bar}"
 
 # 1. lint
 for set in "" "$HA_VALUES"; do
@@ -76,16 +76,18 @@ expect_in default 'value: "\$\(POD_IP\):8080"' "KARTFLOW_METRICS_LISTEN should b
 if grep -qE '^ *command:' "${work}/default.yaml"; then
   fail "the Deployment sets a command; leave it to the image's entrypoint (the local cluster maps the image to the binary)"
 fi
-if grep -q KARTFLOW_WATCH_NAMESPACE "${work}/default.yaml"; then
-  fail "KARTFLOW_WATCH_NAMESPACE is set with the default values; empty watchNamespace must mean all namespaces"
+if grep -q KARTFLOW_WATCH_NAMESPACES "${work}/default.yaml"; then
+  fail "KARTFLOW_WATCH_NAMESPACES is set with the default values; empty watchNamespaces must mean all namespaces"
 fi
 ok "helm template, default values: $(kinds default)"
 
 render ha --set "$HA_VALUES"
-expect_kinds ha "1 Deployment,1 PodDisruptionBudget,2 Role,2 RoleBinding,1 Service,1 ServiceAccount,1 ServiceMonitor"
+# A Role per watched namespace plus the leader-election Role; nothing cluster-wide.
+expect_kinds ha "1 Deployment,1 PodDisruptionBudget,3 Role,3 RoleBinding,1 Service,1 ServiceAccount,1 ServiceMonitor"
 expect_in ha '^  replicas: 2$' "the Deployment should have 2 replicas"
-expect_in ha '^  namespace: foo$' "the Role and RoleBinding should be in the watched namespace foo"
-expect_in ha '^ +value: "foo"$' "KARTFLOW_WATCH_NAMESPACE should be foo"
+expect_in ha '^  namespace: foo$' "a Role and RoleBinding should be in the watched namespace foo"
+expect_in ha '^  namespace: bar$' "a Role and RoleBinding should be in the watched namespace bar"
+expect_in ha '^ +value: "foo,bar"$' "KARTFLOW_WATCH_NAMESPACES should be foo,bar"
 expect_in ha '^apiVersion: monitoring.coreos.com/v1$' "the ServiceMonitor should be monitoring.coreos.com/v1"
 ok "helm template, ${HA_VALUES}: $(kinds ha)"
 
@@ -102,7 +104,8 @@ expect_refused() {
 }
 expect_refused replicaCount=-1 replicaCount
 expect_refused bogusKey=1 bogusKey
-ok "values.schema.json refuses replicaCount=-1 and an unknown key"
+expect_refused 'watchNamespaces={Not_A_Namespace}' watchNamespaces
+ok "values.schema.json refuses replicaCount=-1, an unknown key and a bad namespace name"
 
 # 4. the chart's CRDs are the generated ones
 if ! out="$(diff -ru "${REPO_DIR}/crds" "${CHART}/crds" 2>&1)"; then

@@ -41,6 +41,8 @@ trap 'rm -rf "$out"' EXIT
 t0=$SECONDS
 log "building the node agent into ${NODEAGENT_BIN_DIR} (cold: a few minutes on 2 cores)"
 cd "${CLUSTER_HACK_DIR}/nodeagent"
+# The agent's unit tests run once per source hash, with the build they guard.
+go test ./... >&2 || die "the node agent's unit tests failed (go test in hack/cluster/nodeagent, see above)"
 go build -trimpath -ldflags "-s -w" -o "${out}/" . ./testhttp ||
   die "building hack/cluster/nodeagent failed (see above); the module proxy must be reachable for a first build"
 [[ -x "${out}/nodeagent" && -x "${out}/testhttp" ]] || die "go build finished but ${out} lacks nodeagent or testhttp"

@@ -148,7 +148,7 @@ install_operator() {
   kubectl apply --server-side --force-conflicts --field-manager "$FIELD_MANAGER" -f "$CHART/crds/" >/dev/null
   kubectl wait --for condition=Established --timeout 30s \
     crd/inventorypipelines.kartflow.io crd/cdcsources.kartflow.io crd/readmodels.kartflow.io >/dev/null
-  # With watchNamespace the chart puts the operator's Role in shop: it must exist first.
+  # With watchNamespaces the chart puts the operator's Role in shop: it must exist first.
   ensure_namespace "$NS"
   ensure_namespace "$SYSTEM_NS"
   local status
@@ -159,10 +159,10 @@ install_operator() {
       helm uninstall "$RELEASE" -n "$SYSTEM_NS" --wait >/dev/null
       ;;
   esac
-  log "helm upgrade --install $RELEASE charts/kartflow -n $SYSTEM_NS (watchNamespace=$NS)"
+  log "helm upgrade --install $RELEASE charts/kartflow -n $SYSTEM_NS (watchNamespaces={$NS})"
   # The annotation rolls the operator when cargo relinked its binary.
   helm upgrade --install "$RELEASE" "$CHART" -n "$SYSTEM_NS" \
-    --set watchNamespace="$NS" --set image.tag=dev --set logFormat=text \
+    --set "watchNamespaces={$NS}" --set image.tag=dev --set logFormat=text \
     --set-string "podAnnotations.kartflow\.io/binary-mtime=$(build_stamp kartflow-operator)" \
     --wait --timeout 180s >/dev/null || {
     kubectl get pods -n "$SYSTEM_NS" -o wide >&2 || true
@@ -363,9 +363,8 @@ show() {
 
 $cdc
   The operator created publication and slot kartflow_demo in PostgreSQL; its slot guard checks
-  the slot's retained WAL. The CDC worker (kartflow-worker cdc) is not in this release yet, so
-  the orders-cdc pod is expected to fail and restart, and the slot has no reader: it keeps all
-  WAL written since its creation until the guard drops it (past 256Mi).
+  the slot's retained WAL. The orders-cdc pod (kartflow-worker cdc) streams the slot into
+  order-events: rows inserted into public.order_items become order lines.
   CDC pod: ${cdc_pods:-none yet}
 Operator leader (Lease $SYSTEM_NS/$LEASE): ${holder:-none yet}
 

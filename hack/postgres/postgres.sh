@@ -69,6 +69,44 @@ host  replication all   127.0.0.1/32  scram-sha-256
 HBA
 }
 
+# TLS, so the slot guard's and the CDC worker's sslmode handling is tested against the real
+# server: a local CA (tls/ca.crt, what a caCert Secret holds), a server certificate for DNS name
+# "localhost" only (so verify-full to 127.0.0.1 fails on the name while verify-ca passes), and an
+# unrelated CA (tls/other-ca.crt) a client must refuse. Plaintext connections still work.
+TLS_DIR=$PG_DIR/tls
+ensure_tls() {
+  if [ ! -s "$TLS_DIR/server.crt" ]; then
+    command -v openssl >/dev/null || apt_install openssl
+    log "creating a local CA and server certificate in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    local ca_ext="basicConstraints=critical,CA:TRUE
+keyUsage=critical,keyCertSign,cRLSign"
+    for ca in ca other-ca; do
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kartflow local ${ca}" \
+        -addext "$(sed -n 1p <<<"$ca_ext")" -addext "$(sed -n 2p <<<"$ca_ext")" \
+        -keyout "$TLS_DIR/$ca.key" -out "$TLS_DIR/$ca.crt" 2>/dev/null || die "openssl could not create $ca"
+    done
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null || die "openssl could not create the server key"
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/server.ext"
+    openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.crt" 2>/dev/null \
+      || die "openssl could not sign the server certificate"
+    chmod 755 "$TLS_DIR"
+    chmod 644 "$TLS_DIR"/*.crt
+  fi
+  install -o "$PG_OS_USER" -m 600 "$TLS_DIR/server.key" "$DATA/server.key"
+  install -o "$PG_OS_USER" -m 644 "$TLS_DIR/server.crt" "$DATA/server.crt"
+  if ! grep -q '^ssl = on' "$DATA/postgresql.conf"; then
+    as_pg tee -a "$DATA/postgresql.conf" >/dev/null <<'CONF'
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+CONF
+    if running; then as_pg "$PG_BIN/pg_ctl" -D "$DATA" reload >/dev/null; fi
+  fi
+}
+
 # The test role can stream, create publications and slots on tables it owns, read slot and WAL
 # statistics and terminate backends: what kartflow's CDC worker and slot guard need, not superuser.
 ensure_role() {
@@ -93,13 +131,15 @@ up() {
       die "port $PG_PORT is taken by a server this script did not start; stop it or change PG_PORT and DATABASE_URL in hack/stack.env"
     fi
     [ -f "$DATA/PG_VERSION" ] || init_cluster
+    ensure_tls
     log "starting PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') at 127.0.0.1:$PG_PORT (log: $LOGFILE)"
     touch "$LOGFILE" && chown "$PG_OS_USER" "$LOGFILE" 2>/dev/null || true
     as_pg "$PG_BIN/pg_ctl" -D "$DATA" -l "$LOGFILE" -w -t 60 start >/dev/null \
       || { tail -n 20 "$LOGFILE" >&2; die "PostgreSQL did not start (log tail above)"; }
   fi
+  ensure_tls
   ensure_role
-  log "ready: $DATABASE_URL"
+  log "ready: $DATABASE_URL (TLS too; CA $TLS_DIR/ca.crt)"
 }
 
 down() {

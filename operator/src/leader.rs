@@ -134,6 +134,78 @@ impl Watchdog {
     }
 }
 
+/// A leader re-reads its Lease before anything it cannot take back (ending a backend, dropping
+/// a slot): a process paused past its lease (SIGSTOP, a long GC-like stall, a frozen VM) may
+/// resume believing it leads while a standby already acts.
+#[derive(Clone)]
+pub struct LeaseCheck {
+    api: Api<Lease>,
+    lease_name: String,
+    identity: String,
+    duration: Duration,
+}
+
+impl LeaseCheck {
+    pub fn new(client: Client, settings: &LeaderSettings) -> Self {
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            lease_name: settings.lease_name.clone(),
+            identity: settings.identity.clone(),
+            duration: Duration::from_secs(settings.duration_seconds),
+        }
+    }
+
+    /// `Ok` when this replica holds the Lease with at least a fifth of its duration to spare.
+    pub async fn confirm(&self) -> Result<(), String> {
+        let lease = self
+            .api
+            .get_opt(&self.lease_name)
+            .await
+            .map_err(|e| format!("cannot read the leader Lease {}: {e}", self.lease_name))?;
+        still_holds(
+            lease.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            self.duration,
+            jiff::Timestamp::now(),
+        )
+    }
+}
+
+/// Whether `identity` holds the Lease `spec` at `now` with a margin of a fifth of `duration`
+/// before it expires (the Lease's own duration wins when set).
+pub fn still_holds(
+    spec: Option<&LeaseSpec>,
+    identity: &str,
+    duration: Duration,
+    now: jiff::Timestamp,
+) -> Result<(), String> {
+    let holder = spec.and_then(|s| s.holder_identity.as_deref());
+    if holder != Some(identity) {
+        return Err(format!(
+            "this replica no longer leads: the Lease is held by {}",
+            holder.unwrap_or("nobody")
+        ));
+    }
+    let duration = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|d| u64::try_from(d).ok())
+        .map_or(duration, Duration::from_secs);
+    let renewed = spec
+        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
+        .map(|t| t.0)
+        .ok_or("the Lease has no renew time")?;
+    let left = duration.saturating_sub(duration / 5);
+    let age = now.duration_since(renewed);
+    let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
+    if age > left {
+        return Err(format!(
+            "this replica's Lease was last renewed {age:.1?} ago (lease {duration:?}): too close \
+             to expiry to act"
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves when this replica must stop leading, with the reason.
 pub async fn watch_lease(client: Client, settings: &LeaderSettings) -> String {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
@@ -185,6 +257,35 @@ mod tests {
             )),
             ..LeaseSpec::default()
         }
+    }
+
+    #[test]
+    fn destructive_work_needs_a_fresh_lease_held_by_us() {
+        let t = |secs| jiff::Timestamp::from_second(secs).expect("time");
+        let d = Duration::from_secs(10);
+        let held = spec("me", 100);
+        // (lease, now, ok)
+        let cases = [
+            (Some(&held), 101, true),
+            (Some(&held), 108, true),
+            // 8 s of 10 used: less than a fifth left.
+            (Some(&held), 109, false),
+            // Paused past the lease: another replica has it.
+            (Some(&spec("other", 120)), 121, false),
+            (None, 101, false),
+        ];
+        for (lease, now, ok) in cases {
+            let got = still_holds(lease, "me", d, t(now));
+            assert_eq!(got.is_ok(), ok, "{lease:?} at {now}: {got:?}");
+        }
+        let long = LeaseSpec {
+            lease_duration_seconds: Some(60),
+            ..spec("me", 100)
+        };
+        assert!(
+            still_holds(Some(&long), "me", d, t(140)).is_ok(),
+            "the Lease's duration wins"
+        );
     }
 
     #[test]

@@ -33,9 +33,9 @@ struct Cli {
     /// A standby takes over at most this long after the leader stopped renewing.
     #[arg(long, env = "KARTFLOW_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
-    /// Only reconcile objects in this namespace (empty: all namespaces).
-    #[arg(long, env = "KARTFLOW_WATCH_NAMESPACE", default_value = "")]
-    watch_namespace: String,
+    /// Only reconcile objects in these namespaces, comma-separated (empty: all namespaces).
+    #[arg(long, env = "KARTFLOW_WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
     /// Log format on stderr; the level comes from KARTFLOW_LOG (default info).
     #[arg(long, value_enum, env = "KARTFLOW_LOG_FORMAT", default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -139,16 +139,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     tracing::info!(identity = %identity, "leading: starting the controllers");
     metrics.leader.set(1);
 
-    let namespace = Some(cli.watch_namespace).filter(|n| !n.is_empty());
+    let namespaces = controller::namespaces(&cli.watch_namespaces);
     let client_for_watchdog = client.clone();
-    let ctx = Arc::new(Context::new(client, metrics.clone(), &identity));
+    let mut ctx = Context::new(client.clone(), metrics.clone(), &identity);
+    ctx.leadership = Some(leader::LeaseCheck::new(client, &settings));
+    let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
     };
     let stop = futures::FutureExt::shared(Box::pin(stop));
-    let controllers = tokio::spawn(controller::run(ctx, namespace, stop));
+    let mut controllers = tokio::spawn(controller::run(ctx, namespaces, stop));
 
     let lost = async {
         loop {
@@ -160,15 +162,26 @@ async fn run(cli: Cli) -> Result<(), String> {
     let outcome = tokio::select! {
         reason = lost => Err(reason),
         reason = leader::watch_lease(client_for_watchdog, &settings) => Err(reason),
+        ended = &mut controllers => {
+            // The controllers only end when asked to: anything else is a bug (a panic). The
+            // liveness probe says so until the process exits.
+            health.set_failed();
+            Err(format!("the controllers ended unexpectedly ({ended:?})"))
+        }
         _ = shutdown_signal() => Ok(()),
     };
     let outcome = outcome.map_err(|reason| {
         format!("stopped leading: {reason}; exiting so a fresh process starts as a standby")
     });
     metrics.leader.set(0);
-    let _ = stop_tx.send(true);
-    if let Err(e) = controllers.await {
-        tracing::warn!(error = %e, "controllers ended abnormally");
+    if outcome.is_err() {
+        // Another replica may lead already: a reconcile still running here must not finish.
+        controllers.abort();
+    } else {
+        let _ = stop_tx.send(true);
+        if let Err(e) = controllers.await {
+            tracing::warn!(error = %e, "controllers ended abnormally");
+        }
     }
     // Dropping the receiver makes the election task release the Lease: the standby takes over
     // immediately instead of after the lease duration.

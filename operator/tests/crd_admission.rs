@@ -27,16 +27,23 @@ fn api_for(client: &Client, ns: &str, obj: &DynamicObject) -> Api<DynamicObject>
     )
 }
 
-fn load(path: &Path) -> (DynamicObject, String) {
+/// The object, its `# expect:` line (the refusal must contain it) and its `# not:` lines
+/// (the refusal must not: a second message about the same mistake only confuses).
+fn load(path: &Path) -> (DynamicObject, String, Vec<String>) {
     let text = std::fs::read_to_string(path).expect("example file");
     let expect = text
         .lines()
         .find_map(|l| l.strip_prefix("# expect: "))
         .unwrap_or_default()
         .to_owned();
+    let not = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# not: "))
+        .map(str::to_owned)
+        .collect();
     let obj: DynamicObject = serde_yaml::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not a Kubernetes object: {e}", path.display()));
-    (obj, expect)
+    (obj, expect, not)
 }
 
 #[tokio::test]
@@ -49,7 +56,7 @@ async fn apiserver_refuses_invalid_resources_naming_the_field() {
     let invalid = yaml_files(&repo().join("examples/invalid"));
     assert!(invalid.len() >= 7, "the invalid examples are there");
     for file in invalid {
-        let (obj, expect) = load(&file);
+        let (obj, expect, not) = load(&file);
         assert!(
             !expect.is_empty(),
             "{} has an `# expect:` line",
@@ -71,6 +78,13 @@ async fn apiserver_refuses_invalid_resources_naming_the_field() {
             "{}: the message should name {expect:?}, got: {message}",
             file.display()
         );
+        for n in not {
+            assert!(
+                !message.contains(&n),
+                "{}: the message should not say {n:?}, got: {message}",
+                file.display()
+            );
+        }
     }
 
     for name in [
@@ -78,14 +92,14 @@ async fn apiserver_refuses_invalid_resources_naming_the_field() {
         "cdc-source.yaml",
         "read-model.yaml",
     ] {
-        let (obj, _) = load(&repo().join("examples").join(name));
+        let (obj, _, _) = load(&repo().join("examples").join(name));
         api_for(&client, &ns.name, &obj)
             .create(&PostParams::default(), &obj)
             .await
             .unwrap_or_else(|e| panic!("valid example {name} refused: {e}"));
     }
 
-    let (cdc, _) = load(&repo().join("examples/cdc-source.yaml"));
+    let (cdc, _, _) = load(&repo().join("examples/cdc-source.yaml"));
     let api = api_for(&client, &ns.name, &cdc);
     let rename = serde_json::json!({"spec": {"slot": {"name": "another_slot"}}});
     let err = api

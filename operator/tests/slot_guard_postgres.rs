@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kartflow_operator::crd::cdc_source::{GuardAction, SlotGuard, SslMode};
-use kartflow_operator::slot_guard::postgres::quote_ident;
+use kartflow_operator::slot_guard::postgres::{self, quote_ident};
 use kartflow_operator::slot_guard::{
-    self, Db, DropOutcome, GuardError, GuardPolicy, SlotReading, Verdict, decide, drop_record,
-    facts,
+    self, Cause, Db, DropOutcome, DropStage, GuardError, GuardPolicy, SlotMemory, SlotReading,
+    Verdict, decide, drop_done, drop_record, facts, track,
 };
 use kartflow_testkit::{settings, unique_name};
 use tokio_postgres::Client;
@@ -29,6 +29,21 @@ struct Target {
     database: String,
     user: String,
     password: String,
+}
+
+impl Target {
+    fn with<'a>(&'a self, ssl_mode: SslMode, ca_pem: Option<&'a [u8]>) -> postgres::Target<'a> {
+        postgres::Target {
+            host: &self.host,
+            port: self.port,
+            database: &self.database,
+            user: &self.user,
+            password: &self.password,
+            ssl_mode,
+            ca_pem,
+            application_name: "kartflow-slot-guard test",
+        }
+    }
 }
 
 fn target() -> Target {
@@ -52,19 +67,14 @@ fn target() -> Target {
 /// down) and the guard's connection.
 async fn connect() -> (Client, Db) {
     let admin = kartflow_testkit::postgres().await;
-    let t = target();
-    let db = slot_guard::connect(
-        &t.host,
-        t.port,
-        &t.database,
-        &t.user,
-        &t.password,
-        SslMode::Prefer,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the slot guard cannot connect: {e}"));
+    let db = slot_guard::connect(&target().with(SslMode::Prefer, None))
+        .await
+        .unwrap_or_else(|e| panic!("the slot guard cannot connect: {e}"));
     (admin, db)
 }
+
+/// How long a connected reader may confirm nothing before the test policies call it stuck.
+const MAX_UNCONFIRMED: &str = "2s";
 
 fn policy(warn: &str, drop: &str, action: GuardAction, guard_unowned: bool) -> GuardPolicy {
     GuardPolicy::from_spec(&SlotGuard {
@@ -72,6 +82,8 @@ fn policy(warn: &str, drop: &str, action: GuardAction, guard_unowned: bool) -> G
         warn_retained_wal: warn.into(),
         drop_retained_wal: drop.into(),
         max_inactive: None,
+        max_unconfirmed: Some(MAX_UNCONFIRMED.into()),
+        drop_on_retained_wal: false,
         action,
         guard_unowned,
     })
@@ -241,7 +253,18 @@ impl Reader {
         let log = std::env::temp_dir().join(format!("{slot}.pg_recvlogical.log"));
         let stderr = std::fs::File::create(&log).expect("reader log file");
         let child = Command::new(pg_recvlogical())
-            .args(["--start", "-S", slot, "-f", "/dev/null", "-F", "0"])
+            // Status every second: the guard sees its confirmations promptly.
+            .args([
+                "--start",
+                "-S",
+                slot,
+                "-f",
+                "/dev/null",
+                "-F",
+                "0",
+                "-s",
+                "1",
+            ])
             .args(["-o", "proto_version=1", "-o"])
             .arg(format!("publication_names={publication}"))
             .arg("-d")
@@ -365,7 +388,7 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
     let retained = reading.retained_bytes.expect("retained WAL");
     assert!(retained > 32 * MI, "retained {retained}");
     let now = Timestamp::now();
-    let status = facts(&reading, now);
+    let status = facts(&reading, None, now);
     assert_eq!(status.retained_bytes, Some(retained));
     assert!(
         status
@@ -378,15 +401,16 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
     let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
     let verdict = decide(&tight, &reading, true, now);
     let Verdict::Drop {
+        cause,
         reason,
         terminate_pid,
     } = &verdict
     else {
         panic!("expected Drop, got {verdict:?}");
     };
-    assert_eq!(*terminate_pid, None);
+    assert_eq!((cause, *terminate_pid), (&Cause::ReaderGone, None));
     assert!(
-        reason.starts_with(&format!("slot {slot} retains "))
+        reason.starts_with(&format!("slot {slot} has no reader and retains "))
             && reason.ends_with("above dropRetainedWal 32Mi"),
         "{reason}"
     );
@@ -402,7 +426,9 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
         outcome.retained_bytes.is_some_and(|b| b >= retained),
         "{outcome:?}"
     );
-    assert!(drop_record(reason, outcome.retained_bytes, now, Some(1)).retained_bytes >= retained);
+    let record = drop_record(cause, reason, reading.retained_bytes, now, None, Some(1));
+    let record = drop_done(record, DropStage::Dropped, outcome.retained_bytes);
+    assert!(record.retained_bytes >= retained, "{record:?}");
     assert!(!slot_exists(&admin, &slot).await, "slot {slot} is gone");
 
     let after = slot_guard::read_slot(&db, &slot, Some(since))
@@ -410,7 +436,7 @@ async fn slot_without_reader_past_the_drop_threshold_is_dropped() {
         .expect("read");
     assert_eq!(after, SlotReading::missing(&slot));
     assert_eq!(decide(&tight, &after, true, now), Verdict::Missing);
-    assert!(!facts(&after, now).exists);
+    assert!(!facts(&after, None, now).exists);
     let again = slot_guard::drop_slot(&db, &slot, None)
         .await
         .expect("dropping a missing slot");
@@ -438,6 +464,9 @@ async fn stalled_reader_is_terminated_and_its_slot_dropped() {
 
     // Stopped, it confirms nothing while its walsender stays connected: WAL piles up.
     reader.signal("STOP");
+    let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
+    let first = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (_, memory) = track(first, &SlotMemory::default(), Timestamp::now());
     generate_wal(&admin, 33 * MI).await;
     let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
     assert!(
@@ -448,17 +477,32 @@ async fn stalled_reader_is_terminated_and_its_slot_dropped() {
         reading.retained_bytes.is_some_and(|b| b > 32 * MI),
         "{reading:?}"
     );
-
-    let verdict = decide(
-        &policy("16Mi", "32Mi", GuardAction::Drop, false),
-        &reading,
-        true,
-        Timestamp::now(),
+    // Connected: size alone is not enough, and it has not been silent for long yet.
+    let (early, memory) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &early, true, Timestamp::now());
+    assert!(
+        matches!(verdict, Verdict::Warn { .. } | Verdict::Healthy),
+        "a connected reader is not dropped before maxUnconfirmed: {verdict:?}"
     );
-    let Verdict::Drop { terminate_pid, .. } = verdict else {
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (reading, _) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &reading, true, Timestamp::now());
+    let Verdict::Drop {
+        cause,
+        terminate_pid,
+        reason,
+    } = verdict
+    else {
         panic!("expected Drop, got {verdict:?}");
     };
-    assert_eq!(terminate_pid, Some(pid));
+    assert_eq!(
+        (cause, terminate_pid),
+        (Cause::ReaderStuck, Some(pid)),
+        "{reason}"
+    );
+    assert!(reason.contains("maxUnconfirmed 2s"), "{reason}");
     let outcome = slot_guard::drop_slot(&db, &slot, terminate_pid)
         .await
         .expect("drop");
@@ -520,6 +564,92 @@ async fn reader_that_reconnects_before_the_drop_is_terminated_and_the_drop_retri
     assert!(reader.stop().is_some(), "pg_recvlogical reaped");
 }
 
+#[tokio::test]
+#[ignore = "needs the local PostgreSQL: `make test` runs it (or `make dev-up` + --include-ignored)"]
+async fn a_reader_held_back_by_an_open_transaction_is_warned_about_never_dropped() {
+    let (admin, db) = connect().await;
+    let mut cleanup = Cleanup::default();
+    let (slot, publication) = streamed_slot(&admin, &db, "guard_held", &mut cleanup).await;
+    let mut reader = Reader::start(&slot, &publication);
+    let pid = wait_active(&db, &slot, None, &mut reader)
+        .await
+        .active_pid
+        .expect("reader pid");
+
+    // A session that wrote and stays open: decoding must keep WAL from its start.
+    let (holder, conn) = tokio_postgres::connect(&settings().database_url, tokio_postgres::NoTls)
+        .await
+        .expect("holder session");
+    tokio::spawn(conn);
+    let table = &cleanup.tables[0];
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {} (note) VALUES ('held');",
+            quote_ident(table)
+        ))
+        .await
+        .expect("open a writing transaction");
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("holder pid")
+        .get(0);
+    generate_wal(&admin, 33 * MI).await;
+
+    // The reader confirms what it received (status every second) while retained WAL stays.
+    let tight = policy("16Mi", "32Mi", GuardAction::Drop, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut memory = SlotMemory::default();
+    let verdict = loop {
+        let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+        let (reading, next) = track(reading, &memory, Timestamp::now());
+        memory = next;
+        let verdict = decide(&tight, &reading, true, Timestamp::now());
+        if matches!(verdict.cause(), Some(Cause::HeldBackByTransaction(_))) {
+            assert!(
+                reading.retained_bytes.is_some_and(|b| b > 32 * MI),
+                "{reading:?}"
+            );
+            break verdict;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader never caught up past the open transaction: {verdict:?} {reading:?}; \
+             pg_recvlogical: {}",
+            reader.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let Verdict::Warn {
+        cause: Cause::HeldBackByTransaction(Some(blocker)),
+        reason,
+    } = &verdict
+    else {
+        panic!("a reader that keeps up is only warned about: {verdict:?}");
+    };
+    assert_eq!(blocker.pid, holder_pid, "{reason}");
+    assert!(
+        reason.contains(&format!("backend {holder_pid}")),
+        "the warning names the blocking session: {reason}"
+    );
+    assert!(
+        slot_exists(&admin, &slot).await && backend_alive(&admin, pid).await,
+        "slot and reader are untouched"
+    );
+
+    // Past maxUnconfirmed it is still not stuck: it keeps confirming.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reading = slot_guard::read_slot(&db, &slot, None).await.expect("read");
+    let (reading, _) = track(reading, &memory, Timestamp::now());
+    let verdict = decide(&tight, &reading, true, Timestamp::now());
+    assert!(
+        !matches!(verdict, Verdict::Drop { .. }),
+        "{verdict:?} {reading:?}"
+    );
+    holder.batch_execute("ROLLBACK").await.expect("end it");
+    assert!(reader.stop().is_some(), "pg_recvlogical reaped");
+}
+
 /// A slot past the drop threshold, for the verdicts that must not drop.
 async fn bloated_slot(admin: &Client, db: &Db, prefix: &str, cleanup: &mut Cleanup) -> SlotReading {
     let slot = unique_name(prefix);
@@ -550,7 +680,7 @@ async fn action_alert_reports_but_keeps_the_slot() {
         true,
         Timestamp::now(),
     );
-    let Verdict::WouldDropButAlertOnly { reason } = &verdict else {
+    let Verdict::WouldDropButAlertOnly { reason, .. } = &verdict else {
         panic!("expected WouldDropButAlertOnly, got {verdict:?}");
     };
     assert!(reason.ends_with("above dropRetainedWal 2Mi"), "{reason}");
@@ -762,14 +892,10 @@ async fn a_stale_pid_is_never_signalled() {
 async fn connection_errors_say_where_and_what_to_check() {
     let _ = kartflow_testkit::postgres().await;
     let t = target();
-    let err = slot_guard::connect(
-        &t.host,
-        t.port,
-        &t.database,
-        &t.user,
-        "wrong",
-        SslMode::Disable,
-    )
+    let err = slot_guard::connect(&postgres::Target {
+        password: "wrong",
+        ..t.with(SslMode::Disable, None)
+    })
     .await
     .expect_err("wrong password");
     let msg = err.to_string();
@@ -779,14 +905,10 @@ async fn connection_errors_say_where_and_what_to_check() {
         "{msg}"
     );
 
-    let err = slot_guard::connect(
-        &t.host,
-        1,
-        &t.database,
-        &t.user,
-        &t.password,
-        SslMode::Prefer,
-    )
+    let err = slot_guard::connect(&postgres::Target {
+        port: 1,
+        ..t.with(SslMode::Prefer, None)
+    })
     .await
     .expect_err("nothing listens on port 1");
     let msg = err.to_string();
@@ -796,4 +918,84 @@ async fn connection_errors_say_where_and_what_to_check() {
         "{msg}"
     );
     assert!(err.is_connection_closed());
+}
+
+/// The local server's TLS material (hack/postgres/postgres.sh): its CA, an unrelated CA, and a
+/// server certificate for "localhost" only.
+fn tls_file(name: &str) -> Vec<u8> {
+    let dir = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let path = PathBuf::from(dir).join("postgres/tls").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; hack/postgres/postgres.sh up creates it (make dev-up)",
+            path.display()
+        )
+    })
+}
+
+/// Whether the guard's own connection is encrypted, as the server sees it.
+async fn encrypted(db: &Db) -> bool {
+    db.client()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+#[tokio::test]
+#[ignore = "needs the local PostgreSQL: `make test` runs it (or `make dev-up` + --include-ignored)"]
+async fn tls_modes_mean_what_libpq_means() {
+    let _ = kartflow_testkit::postgres().await;
+    let t = target();
+    let ca = tls_file("ca.crt");
+    let other = tls_file("other-ca.crt");
+    let at = |host: &'static str, mode, ca: Option<&'static [u8]>| (host, mode, ca);
+    let ca: &'static [u8] = Box::leak(ca.into_boxed_slice());
+    let other: &'static [u8] = Box::leak(other.into_boxed_slice());
+    // (host, mode, CA, Ok(encrypted) or Err(part of the message))
+    type Case<'a> = ((&'a str, SslMode, Option<&'a [u8]>), Result<bool, &'a str>);
+    let cases: Vec<Case<'_>> = vec![
+        (at("127.0.0.1", SslMode::Disable, None), Ok(false)),
+        (at("127.0.0.1", SslMode::Prefer, None), Ok(true)),
+        (at("127.0.0.1", SslMode::Require, None), Ok(true)),
+        (at("127.0.0.1", SslMode::Require, Some(ca)), Ok(true)),
+        (at("127.0.0.1", SslMode::VerifyCa, Some(ca)), Ok(true)),
+        (at("localhost", SslMode::VerifyFull, Some(ca)), Ok(true)),
+        // The certificate names localhost only.
+        (
+            at("127.0.0.1", SslMode::VerifyFull, Some(ca)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::VerifyCa, Some(other)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::VerifyFull, Some(other)),
+            Err("certificate"),
+        ),
+        (
+            at("localhost", SslMode::Require, Some(other)),
+            Err("certificate"),
+        ),
+    ];
+    for ((host, mode, ca_pem), want) in cases {
+        let target = postgres::Target {
+            host,
+            ..t.with(mode, ca_pem)
+        };
+        let got = slot_guard::connect(&target).await;
+        let name = format!("{host} {mode:?} ca={}", ca_pem.is_some());
+        match (got, want) {
+            (Ok(db), Ok(tls)) => assert_eq!(encrypted(&db).await, tls, "{name}"),
+            (Err(e), Err(says)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(says) && msg.contains(host), "{name}: {msg}");
+            }
+            (got, want) => panic!("{name}: got {:?}, want {want:?}", got.map(|_| "connected")),
+        }
+    }
 }

@@ -6,7 +6,10 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_env("KARTFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // pg_walstream logs every cancelled wait at info; the CDC worker cancels one each idle tick
+    // and logs what matters (connects, errors) itself.
+    let filter = EnvFilter::try_from_env("KARTFLOW_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pg_walstream=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

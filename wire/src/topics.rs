@@ -8,3 +8,6 @@ pub const INVENTORY_EVENTS: &str = "inventory-events";
 pub const INVENTORY_ALERTS: &str = "inventory-alerts";
 pub const WEBSOCKET_FANOUT: &str = "websocket-fanout";
 pub const INVENTORY_DLQ: &str = "inventory-dlq";
+pub const CDC_DLQ: &str = "cdc-dlq";
+/// The CDC worker's source positions (compacted; one record per `CdcSource`).
+pub const CDC_POSITIONS: &str = "kartflow-cdc-positions";

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cdc;
 pub mod inventory;
 pub mod kafka;
 pub mod process;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kartflow_wire::telemetry;
-use kartflow_worker::{inventory, read_model};
+use kartflow_worker::{cdc, inventory, read_model};
 
 #[derive(Debug, Parser)]
 #[command(name = "kartflow-worker", version, about)]
@@ -33,6 +33,8 @@ enum Command {
     Version,
     /// Exactly-once inventory processing of product updates and order lines.
     Inventory(inventory::runtime::Args),
+    /// PostgreSQL logical replication (pgoutput) into Kafka, exactly once.
+    Cdc(cdc::Args),
     /// A broadcast read replica: the whole product view over REST and WebSocket.
     ReadModel(read_model::runtime::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Inventory(args) => {
             run_role("inventory", json_logs, || inventory::runtime::run(args))
         }
+        Command::Cdc(args) => run_role("cdc", json_logs, || cdc::run(args)),
         Command::ReadModel(args) => {
             run_role("read-model", json_logs, || read_model::runtime::run(args))
         }

@@ -65,6 +65,35 @@ func modTime(path string) time.Time {
 	return st.ModTime()
 }
 
+// The kubelet's limits for a termination message taken from the log (FallbackToLogsOnError).
+const (
+	terminationMessageLines = 80
+	terminationMessageBytes = 2048
+)
+
+// logTail returns the last lines of the log at path, at most maxLines lines and maxBytes bytes
+// (cut at the front), as the kubelet does for FallbackToLogsOnError; "" when unreadable.
+func logTail(path string, maxLines, maxBytes int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	b = bytes.TrimRight(b, "\n")
+	pos := len(b)
+	for i := 0; i < maxLines && pos > 0; i++ {
+		pos = bytes.LastIndexByte(b[:pos], '\n')
+		if pos < 0 {
+			pos = -1
+			break
+		}
+	}
+	tail := b[pos+1:]
+	if len(tail) > maxBytes {
+		tail = tail[len(tail)-maxBytes:]
+	}
+	return string(tail)
+}
+
 // seekTail positions f at the start of its last n lines.
 func seekTail(f *os.File, n int) error {
 	b, err := io.ReadAll(f)

@@ -101,3 +101,28 @@ func TestMountsCoveringSourcesComeLast(t *testing.T) {
 		t.Fatalf("the others keep their order: %+v", ms)
 	}
 }
+
+func TestLogTailForTerminationMessages(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.log")
+	if err := os.WriteFile(path, []byte("one\ntwo\nthree\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		lines, bytes int
+		want         string
+	}{
+		{80, 2048, "one\ntwo\nthree"},
+		{2, 2048, "two\nthree"},
+		{80, 5, "three"},
+		{80, 3, "ree"},
+	}
+	for _, c := range cases {
+		if got := logTail(path, c.lines, c.bytes); got != c.want {
+			t.Errorf("logTail(%d lines, %d bytes) = %q, want %q", c.lines, c.bytes, got, c.want)
+		}
+	}
+	if got := logTail(filepath.Join(dir, "missing"), 80, 2048); got != "" {
+		t.Errorf("a missing log gives %q", got)
+	}
+}

@@ -386,6 +386,9 @@ func (p *provider) runOnce(pr *podRun, cr *ctrRun, logPath string) (code int32, 
 	} else if werr != nil {
 		code, reason, msg = 128, "Error", werr.Error()
 	}
+	if msg == "" && code != 0 && cr.c.TerminationMessagePolicy == corev1.TerminationMessageFallbackToLogsOnError {
+		msg = logTail(logPath, terminationMessageLines, terminationMessageBytes)
+	}
 	p.mu.Lock()
 	if cr.killReason != "" {
 		msg = cr.killReason

@@ -8,7 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kartflow_wire::config::CdcSettings;
 use kartflow_wire::config::cdc::{
-    CaptureSettings, OrderLineColumns, PostgresSettings, PublicationSettings, SlotSettings,
+    self as contract, CaptureSettings, OrderLineColumns, OutboxSettings, PostgresSettings,
+    PublicationSettings, SlotSettings,
 };
 
 use super::labels::{recommended_labels, selector_labels};
@@ -31,7 +32,9 @@ pub struct CdcChildren {
     pub service: Service,
 }
 
-pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
+/// Builds the source's children. `stopped`: the guard dropped the slot and the user has not
+/// acknowledged it yet, so the worker runs no replica.
+pub fn cdc_source(cdc: &CdcSource, stopped: bool) -> Result<CdcChildren, BuildError> {
     let owner = Owner::of(cdc)?;
     let spec = &cdc.spec;
     require_non_empty("spec.image", &spec.image)?;
@@ -96,14 +99,32 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
                 order_id: cap.columns.order_id.clone(),
                 product_id: cap.columns.product_id.clone(),
                 quantity: cap.columns.quantity.clone(),
+                id: cap.columns.id.clone(),
+                timestamp: cap.columns.timestamp.clone(),
             },
             outbox_table: cap.outbox_table.clone(),
+            outbox: OutboxSettings {
+                id_column: cap.outbox.id_column.clone(),
+                aggregate_type_column: cap.outbox.aggregate_type_column.clone(),
+                aggregate_id_column: cap.outbox.aggregate_id_column.clone(),
+                payload_column: cap.outbox.payload_column.clone(),
+                type_column: cap.outbox.type_column.clone(),
+                topic_prefix: cap.outbox.topic_prefix.clone(),
+                delete_after_capture: cap.outbox.delete_after_capture,
+            },
         },
         topic: spec.topic.clone(),
+        dlq_topic: spec.dlq_topic.clone(),
         snapshot_mode: spec.snapshot_mode,
+        snapshot_nonce: spec.snapshot_nonce,
         heartbeat_interval: duration_ms("spec.heartbeatInterval", &spec.heartbeat_interval)?,
         kafka: kafka_settings("spec.kafka", &spec.kafka)?,
         admin_listen: pod::ADMIN_LISTEN,
+        positions_topic: contract::default_positions_topic(),
+        snapshot_chunk_rows: contract::default_snapshot_chunk_rows(),
+        max_batch_records: contract::default_max_batch_records(),
+        max_batch_delay: contract::default_max_batch_delay(),
+        ready_lag_bytes: contract::default_ready_lag_bytes(),
     };
     let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, None);
@@ -137,7 +158,7 @@ pub fn cdc_source(cdc: &CdcSource) -> Result<CdcChildren, BuildError> {
             deployment_name.clone(),
             labels.clone(),
             selector.clone(),
-            Some(1),
+            Some(if stopped { 0 } else { 1 }),
             recreate(),
             template,
         ),
@@ -178,7 +199,7 @@ mod tests {
     }
 
     fn build(patch: Value) -> CdcChildren {
-        cdc_source(&source(patch)).expect("builds")
+        cdc_source(&source(patch), false).expect("builds")
     }
 
     #[test]
@@ -198,12 +219,24 @@ mod tests {
                 "capture": {
                     "mode": "table",
                     "table": "public.order_items",
-                    "columns": {"orderId": "order_id", "productId": "product_id", "quantity": "quantity"},
-                    "outboxTable": "public.outbox"
+                    "columns": {"orderId": "order_id", "productId": "product_id", "quantity": "quantity", "id": "id"},
+                    "outboxTable": "public.outbox",
+                    "outbox": {
+                        "idColumn": "id", "aggregateTypeColumn": "aggregatetype",
+                        "aggregateIdColumn": "aggregateid", "payloadColumn": "payload",
+                        "typeColumn": "type", "topicPrefix": "outbox.event.",
+                        "deleteAfterCapture": false
+                    }
                 },
                 "topic": "order-events",
+                "dlqTopic": "cdc-dlq",
+                "positionsTopic": "kartflow-cdc-positions",
                 "snapshotMode": "initial",
+                "snapshotChunkRows": 10000,
                 "heartbeatInterval": 30000,
+                "maxBatchRecords": 10000,
+                "maxBatchDelay": 100,
+                "readyLagBytes": 67108864,
                 "kafka": {"bootstrapServers": "kafka:9092", "propertiesFile": "/etc/kartflow/kafka/client.properties"},
                 "adminListen": "0.0.0.0:8080"
             })
@@ -281,8 +314,8 @@ mod tests {
                 "spec.kafka.bootstrapServers",
             ),
         ] {
-            match cdc_source(&source(patch.clone())) {
-                Err(BuildError::InvalidSpec { field: f, .. }) => assert_eq!(f, field, "{patch}"),
+            match cdc_source(&source(patch.clone()), false) {
+                Err(e) if e.field().is_some() => assert_eq!(e.field(), Some(field), "{patch}"),
                 other => panic!("{patch}: expected {field}, got {other:?}"),
             }
         }
@@ -296,6 +329,6 @@ mod tests {
         let mut cdc: CdcSource = serde_yaml::from_str(&text).expect("parses");
         cdc.metadata.namespace = Some("default".into());
         cdc.metadata.uid = Some("u".into());
-        cdc_source(&cdc).expect("builds");
+        cdc_source(&cdc, false).expect("builds");
     }
 }

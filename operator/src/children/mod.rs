@@ -80,6 +80,12 @@ pub enum BuildError {
     /// (`spec.alerts.staleAfter`).
     #[error("{field}: {problem}")]
     InvalidSpec { field: String, problem: String },
+    /// A spec value that is not the duration or quantity its field takes.
+    #[error("{field}: {source}")]
+    InvalidUnit {
+        field: String,
+        source: crate::units::UnitError,
+    },
     /// `spec.source.pipelineRef` names an InventoryPipeline that does not exist (yet).
     #[error(
         "InventoryPipeline {name:?} (spec.source.pipelineRef) does not exist in this namespace"
@@ -95,10 +101,14 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    /// True when only a change of the CR itself can fix this (wait for the next generation);
-    /// false when the world may still change under it (a referenced pipeline appearing).
-    pub fn is_permanent(&self) -> bool {
-        !matches!(self, BuildError::PipelineNotFound { .. })
+    /// The CR field at fault, for the spec errors that have one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            BuildError::InvalidSpec { field, .. } | BuildError::InvalidUnit { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
     }
 
     pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
@@ -226,8 +236,10 @@ pub(crate) fn require_non_empty(field: &str, value: &str) -> Result<(), BuildErr
 /// A CR duration (`30s`, `1h`) as the whole milliseconds the worker configs carry; at least
 /// 1 ms and small enough for the workers' signed epoch-millisecond arithmetic.
 pub(crate) fn duration_ms(field: &str, value: &str) -> Result<Millis, BuildError> {
-    let d = crate::units::parse_duration(value)
-        .map_err(|e| BuildError::invalid(field, e.to_string()))?;
+    let d = crate::units::parse_duration(value).map_err(|source| BuildError::InvalidUnit {
+        field: field.to_owned(),
+        source,
+    })?;
     let ms = u64::try_from(d.as_millis())
         .ok()
         .filter(|ms| i64::try_from(*ms).is_ok())
@@ -435,16 +447,19 @@ mod tests {
         assert_eq!(duration_ms("f", "1h").expect("ok"), Millis(3_600_000));
         for bad in ["0s", "1w", "", "99999999999999999d"] {
             match duration_ms("spec.x", bad) {
-                Err(BuildError::InvalidSpec { field, .. }) => assert_eq!(field, "spec.x"),
+                Err(
+                    BuildError::InvalidSpec { field, .. } | BuildError::InvalidUnit { field, .. },
+                ) => assert_eq!(field, "spec.x"),
                 other => panic!("{bad}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn permanence() {
-        assert!(BuildError::invalid("spec.x", "bad").is_permanent());
-        assert!(!BuildError::PipelineNotFound { name: "p".into() }.is_permanent());
+        match duration_ms("spec.x", "1w") {
+            Err(e @ BuildError::InvalidUnit { .. }) => {
+                assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+                assert!(e.to_string().starts_with("spec.x: "), "{e}");
+            }
+            other => panic!("1w: {other:?}"),
+        }
     }
 
     proptest! {

@@ -24,6 +24,8 @@ pub const CONTAINER_NAME: &str = "worker";
 pub const ADMIN_LISTEN: std::net::SocketAddr = kartflow_wire::config::DEFAULT_ADMIN_LISTEN;
 pub const ADMIN_PORT: i32 = ADMIN_LISTEN.port() as i32;
 pub const ADMIN_PORT_NAME: &str = "admin";
+/// See the container built by [`WorkerPod::into_template`].
+pub const TERMINATION_MESSAGE_POLICY: &str = "FallbackToLogsOnError";
 /// The non-root user and group the workers run as (distroless `nonroot`).
 pub const RUN_AS_ID: i64 = 65532;
 
@@ -339,6 +341,9 @@ impl WorkerPod {
             liveness_probe: Some(liveness_probe()),
             readiness_probe: Some(readiness_probe()),
             security_context: Some(container_security_context()),
+            // A worker that fails at start prints why as its last log line: it becomes the
+            // container's termination message, which the operator shows on the CR.
+            termination_message_policy: Some(TERMINATION_MESSAGE_POLICY.to_owned()),
             ..Container::default()
         };
         PodTemplateSpec {
@@ -410,6 +415,10 @@ pub(crate) mod tests {
         assert_eq!(spec.automount_service_account_token, Some(false));
         let c = worker(t);
         assert_eq!(c.name, "worker");
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
         assert_eq!(
             c.args.as_deref(),
             Some(&[role.to_owned(), "--config".into(), CONFIG_PATH.into()][..])

@@ -8,8 +8,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::failure::report_failure;
+use super::observe::observe;
+use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
-use super::{Context, Error, apply, controller_for, observe, report_failure, rollout};
+use super::trigger::controller_for;
+use super::{Context, Error, apply};
 use crate::children;
 use crate::crd::{InventoryPipeline, InventoryPipelineStatus};
 
@@ -73,6 +77,8 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
                 format!("{ready}/{desired} workers ready"),
             ),
         )
+    } else if let Some(crashing) = rollout::crash_condition(&ctx.client, &deployment).await? {
+        ("Degraded", crashing)
     } else {
         (
             "Progressing",
@@ -112,7 +118,11 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
     if ip.status.as_ref() != Some(&status) {
         apply::apply_status(&ctx.client, ip.as_ref(), &status).await?;
     }
-    Ok(Action::requeue(std::time::Duration::from_secs(300)))
+    Ok(Action::requeue(if rolled_out {
+        std::time::Duration::from_secs(300)
+    } else {
+        rollout::NOT_READY_RECHECK
+    }))
 }
 
 /// The products ConfigMap must exist with its key, or the workers would hang in
@@ -152,4 +162,232 @@ async fn bootstrap_present(ip: &InventoryPipeline, ctx: &Context) -> Result<(), 
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::testing::{
+        self, Script, apply, apply_status, condition, event, get_missing, retry_after, typed,
+    };
+
+    const KIND: &str = "InventoryPipeline";
+    const CONFIG_MAP: &str = "/api/v1/namespaces/prod/configmaps/shop-worker-config";
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/shop-worker";
+    const SERVICE: &str = "/api/v1/namespaces/prod/services/shop-worker";
+
+    /// A pipeline as the apiserver returns it, `spec` over the required minimum.
+    fn pipeline(generation: i64, spec: Value) -> Value {
+        let mut full = json!({
+            "image": "kartflow/worker:0.1.0",
+            "kafka": {"bootstrapServers": "kafka:9092"}
+        });
+        for (k, v) in spec.as_object().expect("spec object") {
+            full[k] = v.clone();
+        }
+        json!({
+            "apiVersion": "kartflow.io/v1alpha1",
+            "kind": KIND,
+            "metadata": {"name": "shop", "namespace": "prod", "uid": "uid-shop", "generation": generation},
+            "spec": full,
+        })
+    }
+
+    fn spec_hash(ip: &Value) -> String {
+        children::inventory_pipeline(&typed::<InventoryPipeline>(ip))
+            .expect("builds")
+            .spec_hash
+    }
+
+    /// The calls of applying the worker children; the Deployment rolls out `hash`.
+    fn children_applied(script: Script, hash: String) -> Script {
+        script
+            .then(apply(CONFIG_MAP, "ConfigMap", KIND).body(|b| {
+                assert!(b["data"]["config.json"].is_string(), "{b}");
+            }))
+            .any_order([
+                apply(DEPLOYMENT, "Deployment", KIND).body(move |b| {
+                    let template = &b["spec"]["template"];
+                    assert_eq!(
+                        template["metadata"]["annotations"]["kartflow.io/spec-hash"],
+                        hash.as_str(),
+                        "{b}"
+                    );
+                }),
+                apply(SERVICE, "Service", KIND),
+            ])
+    }
+
+    #[tokio::test]
+    async fn first_reconcile_applies_the_children_then_reports_deployed() {
+        let ip = pipeline(1, json!({"parallelism": 2}));
+        let hash = spec_hash(&ip);
+        let short = hash[..12].to_owned();
+        let script = children_applied(Script::new(), hash.clone())
+            .then(event(&ip, "Normal", "Deployed").body(move |b| {
+                assert_eq!(b["action"], "Apply");
+                assert_eq!(
+                    b["note"],
+                    format!("worker spec {short} applied: 2 worker(s) of kartflow/worker:0.1.0"),
+                );
+            }))
+            .then(apply_status(&ip).body(move |b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Progressing", "{st}");
+                assert_eq!(st["observedGeneration"], 1, "{st}");
+                assert_eq!(st["deployedSpecHash"], hash.as_str(), "{st}");
+                assert_eq!(
+                    (&st["replicas"], &st["readyReplicas"]),
+                    (&json!(0), &json!(0))
+                );
+                assert_eq!(condition(st, "Reconciled")["status"], "True", "{st}");
+                let ready = condition(st, "Ready");
+                assert_eq!(
+                    (&ready["status"], &ready["reason"]),
+                    (&json!("False"), &json!("WorkersNotReady"))
+                );
+                assert_eq!(ready["observedGeneration"], 1, "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
+        assert_eq!(
+            r.result.as_ref().expect("reconciles"),
+            // Not ready yet: looked at again soon, a crash loop would not trigger a reconcile.
+            &Action::requeue(super::rollout::NOT_READY_RECHECK)
+        );
+        assert_eq!(r.reconciles(KIND, "ok"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spec_change_rolls_the_workers_and_records_the_new_hash() {
+        let before = pipeline(1, json!({}));
+        let old_hash = spec_hash(&before);
+        let mut ip = pipeline(2, json!({"image": "kartflow/worker:0.2.0"}));
+        ip["status"] = json!({
+            "phase": "Running",
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "WorkersReady", "message": "1/1 workers ready",
+                 "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"},
+                {"type": "Reconciled", "status": "True", "reason": "Applied",
+                 "message": "children are up to date with the spec",
+                 "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            ],
+            "replicas": 1,
+            "readyReplicas": 1,
+            "deployedSpecHash": old_hash,
+        });
+        let hash = spec_hash(&ip);
+        assert_ne!(hash, old_hash, "the image is part of the hash");
+        let short = hash[..12].to_owned();
+        let script = children_applied(Script::new(), hash.clone())
+            .then(event(&ip, "Normal", "Deployed").body(move |b| {
+                assert_eq!(
+                    b["note"],
+                    format!("worker spec {short} applied: 1 worker(s) of kartflow/worker:0.2.0"),
+                );
+            }))
+            .then(apply_status(&ip).body(move |b| {
+                let st = &b["status"];
+                assert_eq!(st["deployedSpecHash"], hash.as_str(), "{st}");
+                assert_eq!(st["observedGeneration"], 2, "{st}");
+                assert_eq!(st["phase"], "Progressing", "{st}");
+                let reconciled = condition(st, "Reconciled");
+                assert_eq!(reconciled["observedGeneration"], 2, "{st}");
+                assert_eq!(
+                    reconciled["lastTransitionTime"], "2025-01-01T00:00:00Z",
+                    "Reconciled stayed True: its transition time stays"
+                );
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_pipeline_applies_its_children_and_writes_nothing_else() {
+        let mut ip = pipeline(1, json!({}));
+        let hash = spec_hash(&ip);
+        ip["status"] = json!({
+            "phase": "Progressing",
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "WorkersNotReady",
+                 "message": "0/1 workers ready; see kubectl get pods -l app.kubernetes.io/instance=shop",
+                 "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"},
+                {"type": "Reconciled", "status": "True", "reason": "Applied",
+                 "message": "children are up to date with the spec",
+                 "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            ],
+            "replicas": 0,
+            "readyReplicas": 0,
+            "deployedSpecHash": hash,
+        });
+        // No Deployed Event and no status write: the status is what this reconcile computes.
+        let script = children_applied(Script::new(), hash);
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_fails_permanently_without_touching_children() {
+        let ip = pipeline(3, json!({"parallelism": 0}));
+        let script = Script::new()
+            .then(event(&ip, "Warning", "InvalidSpec").body(|b| {
+                assert_eq!(b["action"], "Reconcile");
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(note.starts_with("spec.parallelism"), "{note}");
+            }))
+            .then(apply_status(&ip).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Failed", "{st}");
+                assert_eq!(st["observedGeneration"], 3, "{st}");
+                let reconciled = condition(st, "Reconciled");
+                assert_eq!(reconciled["status"], "False", "{st}");
+                assert_eq!(reconciled["reason"], "InvalidSpec", "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
+        let err = r.result.as_ref().expect_err("invalid");
+        assert!(err.is_permanent(), "{err}");
+        assert_eq!(r.reconciles(KIND, "invalid"), 1);
+        assert_eq!(r.errors(KIND, "InvalidSpec"), 1);
+        assert_eq!(
+            retry_after(typed::<InventoryPipeline>(&ip).as_ref().clone(), err),
+            Action::await_change()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_bootstrap_config_map_is_retried_without_children() {
+        let ip = pipeline(
+            1,
+            json!({"bootstrapProducts": {"name": "products", "key": "products.json"}}),
+        );
+        let script = Script::new()
+            .then(get_missing("/api/v1/namespaces/prod/configmaps/products"))
+            // A transient failure is evented too, at most every 10 minutes.
+            .then(event(&ip, "Warning", "DependencyMissing"))
+            .then(apply_status(&ip).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Degraded", "{st}");
+                let reconciled = condition(st, "Reconciled");
+                assert_eq!(reconciled["reason"], "DependencyMissing", "{st}");
+                let message = reconciled["message"].as_str().unwrap_or_default();
+                assert!(
+                    message
+                        .starts_with("ConfigMap prod/products (spec.bootstrapProducts): not found"),
+                    "{message}"
+                );
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
+        let err = r.result.as_ref().expect_err("dependency missing");
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(r.reconciles(KIND, "error"), 1);
+        assert_eq!(
+            retry_after(typed::<InventoryPipeline>(&ip).as_ref().clone(), err),
+            Action::requeue(Duration::from_secs(1))
+        );
+    }
 }

@@ -10,11 +10,15 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
+use super::failure::report_failure;
+use super::observe::observe;
+use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
-use super::{Context, Error, api, apply, controller_for, observe, report_failure, rollout};
+use super::trigger::{api, controller_for, spec_or_deletion};
+use super::{Context, Error, apply};
 use crate::children::{self, BuildError};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
 
@@ -25,26 +29,48 @@ pub fn controller(
 ) -> Controller<ReadModel> {
     let controller = controller_for::<ReadModel>(client, ns, &children);
     let store = controller.store();
+    // The HPA's status changes at every sync (metrics, times): only a changed replica count is
+    // news to the read model's status.
+    let hpas = watcher::watcher(api::<HorizontalPodAutoscaler>(client, ns), children.clone())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(hpa_replicas, Default::default());
+    // Only a pipeline's spec (Kafka connection, topics) matters to the read models using it,
+    // not its status writes.
+    let pipelines = watcher::watcher(
+        api::<InventoryPipeline>(client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(spec_or_deletion, Default::default());
     controller
-        .owns(api::<PodDisruptionBudget>(client, ns), children.clone())
-        .owns(api::<HorizontalPodAutoscaler>(client, ns), children)
-        .watches(
-            api::<InventoryPipeline>(client, ns),
-            watcher::Config::default(),
-            move |pipeline| {
-                let ns = pipeline.namespace();
-                let name = pipeline.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|rm| {
-                        rm.namespace() == ns
-                            && rm.spec.source.pipeline_ref.as_ref().map(|r| &r.name) == Some(&name)
-                    })
-                    .map(|rm| ObjectRef::from_obj(rm.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .owns(api::<PodDisruptionBudget>(client, ns), children)
+        .owns_stream(hpas)
+        .watches_stream(pipelines, move |pipeline| {
+            let ns = pipeline.namespace();
+            let name = pipeline.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|rm| {
+                    rm.namespace() == ns
+                        && rm.spec.source.pipeline_ref.as_ref().map(|r| &r.name) == Some(&name)
+                })
+                .map(|rm| ObjectRef::from_obj(rm.as_ref()))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What of an HPA the read model reflects: its spec and the replica counts it decided.
+fn hpa_replicas(h: &HorizontalPodAutoscaler) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    h.metadata.generation.hash(&mut hash);
+    let status = h.status.as_ref();
+    status.map(|s| s.desired_replicas).hash(&mut hash);
+    status.and_then(|s| s.current_replicas).hash(&mut hash);
+    Some(hash.finish())
 }
 
 #[tracing::instrument(skip_all, fields(namespace = rm.namespace(), name = %rm.name_any()))]
@@ -137,6 +163,8 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
             "Idle",
             Cond::new(READY, false, "ScaledToZero", "no replicas requested"),
         )
+    } else if let Some(crashing) = rollout::crash_condition(&ctx.client, &deployment).await? {
+        ("Degraded", crashing)
     } else {
         (
             "Progressing",
@@ -162,5 +190,224 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     if rm.status.as_ref() != Some(&status) {
         apply::apply_status(&ctx.client, rm.as_ref(), &status).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(if rolled_out {
+        Duration::from_secs(300)
+    } else {
+        rollout::NOT_READY_RECHECK
+    }))
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    fn hpa(
+        generation: i64,
+        desired: i32,
+        current: i32,
+        last_scale: &str,
+    ) -> HorizontalPodAutoscaler {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "generation": generation},
+            "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "d"}},
+            "status": {"desiredReplicas": desired, "currentReplicas": current,
+                       "lastScaleTime": last_scale}
+        }))
+        .expect("hpa")
+    }
+
+    #[test]
+    fn hpa_syncs_trigger_only_when_the_replicas_change() {
+        let base = hpa_replicas(&hpa(1, 2, 2, "2026-01-01T00:00:00Z"));
+        assert_eq!(
+            hpa_replicas(&hpa(1, 2, 2, "2026-01-01T00:05:00Z")),
+            base,
+            "a sync that changes nothing the read model shows"
+        );
+        assert_ne!(hpa_replicas(&hpa(1, 3, 2, "2026-01-01T00:00:00Z")), base);
+        assert_ne!(hpa_replicas(&hpa(1, 2, 3, "2026-01-01T00:00:00Z")), base);
+        assert_ne!(hpa_replicas(&hpa(2, 2, 2, "2026-01-01T00:00:00Z")), base);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::testing::{
+        self, Script, apply, apply_status, condition, delete, event, get, get_missing, retry_after,
+        typed,
+    };
+
+    const KIND: &str = "ReadModel";
+    const PIPELINE: &str = "/apis/kartflow.io/v1alpha1/namespaces/prod/inventorypipelines/shop";
+    const CONFIG_MAP: &str = "/api/v1/namespaces/prod/configmaps/shop-view-read-config";
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/shop-view-read";
+    const SERVICE: &str = "/api/v1/namespaces/prod/services/shop-view-read";
+    const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/shop-view-read";
+    const HPA: &str =
+        "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/shop-view-read";
+
+    /// A read model of pipeline `shop`, `spec` over the required minimum.
+    fn read_model(generation: i64, spec: Value) -> Value {
+        let mut full = json!({
+            "image": "kartflow/worker:0.1.0",
+            "source": {"pipelineRef": {"name": "shop"}},
+            "resources": {"requests": {"cpu": "250m"}}
+        });
+        for (k, v) in spec.as_object().expect("spec object") {
+            full[k] = v.clone();
+        }
+        json!({
+            "apiVersion": "kartflow.io/v1alpha1",
+            "kind": KIND,
+            "metadata": {"name": "shop-view", "namespace": "prod", "uid": "uid-view", "generation": generation},
+            "spec": full,
+        })
+    }
+
+    fn shop() -> Value {
+        json!({
+            "apiVersion": "kartflow.io/v1alpha1",
+            "kind": "InventoryPipeline",
+            "metadata": {"name": "shop", "namespace": "prod", "uid": "uid-shop", "generation": 1},
+            "spec": {
+                "image": "kartflow/worker:0.1.0",
+                "kafka": {"bootstrapServers": "kafka:9092"},
+                "topics": {"products": "shop-products", "inventoryEvents": "shop-inventory-events"}
+            }
+        })
+    }
+
+    fn autoscaling() -> Value {
+        json!({"enabled": true, "minReplicas": 2, "maxReplicas": 6, "targetCpuUtilization": 60})
+    }
+
+    #[tokio::test]
+    async fn first_reconcile_follows_the_pipeline_and_applies_every_child() {
+        let rm = read_model(1, json!({"autoscaling": autoscaling()}));
+        let script = Script::new()
+            .then(get(PIPELINE, shop()))
+            .then(apply(CONFIG_MAP, "ConfigMap", KIND).body(|b| {
+                let config = b["data"]["config.json"].as_str().unwrap_or_default();
+                assert!(config.contains("shop-inventory-events"), "{config}");
+            }))
+            .any_order([
+                apply(DEPLOYMENT, "Deployment", KIND).body(|b| {
+                    assert!(
+                        b["spec"].get("replicas").is_none(),
+                        "the HPA owns the replicas: {b}"
+                    );
+                }),
+                apply(SERVICE, "Service", KIND),
+                apply(PDB, "PodDisruptionBudget", KIND),
+                apply(HPA, "HorizontalPodAutoscaler", KIND).body(|b| {
+                    assert_eq!(
+                        (&b["spec"]["minReplicas"], &b["spec"]["maxReplicas"]),
+                        (&json!(2), &json!(6))
+                    );
+                }),
+            ])
+            .then(apply_status(&rm).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Progressing", "{st}");
+                assert_eq!(st["observedGeneration"], 1, "{st}");
+                assert_eq!(st["desiredReplicas"], 2, "the HPA's minimum: {st}");
+                assert_eq!(
+                    st["resolvedTopics"],
+                    json!({"products": "shop-products", "inventoryEvents": "shop-inventory-events"})
+                );
+                assert_eq!(condition(st, "Reconciled")["status"], "True", "{st}");
+                assert_eq!(condition(st, "Ready")["reason"], "ReplicasNotReady", "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
+        assert_eq!(
+            r.result.as_ref().expect("reconciles"),
+            // Not ready yet: looked at again soon, a crash loop would not trigger a reconcile.
+            &Action::requeue(super::rollout::NOT_READY_RECHECK)
+        );
+        assert_eq!(r.reconciles(KIND, "ok"), 1);
+    }
+
+    #[tokio::test]
+    async fn turning_autoscaling_off_deletes_the_hpa_and_sets_replicas() {
+        let mut rm = read_model(2, json!({"replicas": 3}));
+        rm["status"] = json!({
+            "phase": "Running",
+            "observedGeneration": 1,
+            "conditions": [],
+            "desiredReplicas": 2,
+        });
+        let script = Script::new()
+            .then(get(PIPELINE, shop()))
+            .then(apply(CONFIG_MAP, "ConfigMap", KIND))
+            .any_order([
+                apply(DEPLOYMENT, "Deployment", KIND).body(|b| {
+                    assert_eq!(b["spec"]["replicas"], 3, "{b}");
+                }),
+                apply(SERVICE, "Service", KIND),
+                apply(PDB, "PodDisruptionBudget", KIND),
+                delete(HPA),
+            ])
+            .then(apply_status(&rm).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["observedGeneration"], 2, "{st}");
+                assert_eq!(st["desiredReplicas"], 3, "{st}");
+                assert_eq!(st["phase"], "Progressing", "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    #[tokio::test]
+    async fn a_missing_pipeline_is_reported_and_checked_again_without_back_off() {
+        let rm = read_model(1, json!({}));
+        let script = Script::new()
+            .then(get_missing(PIPELINE))
+            // A transient failure is evented too, at most every 10 minutes.
+            .then(event(&rm, "Warning", "PipelineNotFound"))
+            .then(apply_status(&rm).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Degraded", "{st}");
+                let reconciled = condition(st, "Reconciled");
+                assert_eq!(reconciled["status"], "False", "{st}");
+                assert_eq!(reconciled["reason"], "PipelineNotFound", "{st}");
+                assert_eq!(
+                    reconciled["message"],
+                    "InventoryPipeline \"shop\" (spec.source.pipelineRef) does not exist in this namespace"
+                );
+            }));
+        // No Event (the spec may be right) and no child.
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
+        assert_eq!(
+            r.result.as_ref().expect("waits for the pipeline"),
+            &Action::requeue(Duration::from_secs(60))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_fails_permanently_without_touching_children() {
+        let rm = read_model(1, json!({"port": 8080}));
+        let script = Script::new()
+            .then(get(PIPELINE, shop()))
+            .then(event(&rm, "Warning", "InvalidSpec").body(|b| {
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(note.starts_with("spec.port"), "{note}");
+            }))
+            .then(apply_status(&rm).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Failed", "{st}");
+                assert_eq!(condition(st, "Reconciled")["reason"], "InvalidSpec", "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
+        let err = r.result.as_ref().expect_err("invalid");
+        assert!(err.is_permanent(), "{err}");
+        assert_eq!(r.reconciles(KIND, "invalid"), 1);
+        assert_eq!(r.errors(KIND, "InvalidSpec"), 1);
+        assert_eq!(
+            retry_after(typed::<ReadModel>(&rm).as_ref().clone(), err),
+            Action::await_change()
+        );
+    }
 }

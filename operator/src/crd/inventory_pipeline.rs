@@ -60,7 +60,9 @@ pub struct InventoryPipelineSpec {
     pub parallelism: i32,
     /// Thresholds of the inventory rules.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self.criticalStock <= self.lowStock").message("alerts.criticalStock must be at most alerts.lowStock"))]
+    // Either value may be a default the user never wrote, so the message blames neither.
+    // (A messageExpression with string(int) exceeds the apiserver's CEL cost budget.)
+    #[x_kube(validation = Rule::new("self.criticalStock <= self.lowStock").message("alerts.lowStock must be at least alerts.criticalStock (10 and 5 unless set): raise lowStock or lower criticalStock"))]
     pub alerts: AlertThresholds,
     /// Where savepoints are written: `file:///path` on a volume, or `s3://bucket/prefix`.
     #[serde(default = "default_savepoint_url")]

@@ -23,10 +23,14 @@ use kube::core::crd::merge_crds;
 pub const GROUP: &str = "kartflow.io";
 pub const VERSION: &str = "v1alpha1";
 
+/// Kubernetes' own syntax of a `resource.Quantity`.
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 /// Every CRD, in a stable order, as the YAML documents `crdgen` writes.
-pub fn all_crds()
--> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn all_crds() -> Vec<Crd> {
     // One version per kind today; merge_crds keeps the door open for v1beta1 alongside.
     [
         vec![CdcSource::crd()],
@@ -35,7 +39,41 @@ pub fn all_crds()
     ]
     .into_iter()
     .filter_map(|versions| merge_crds(versions, VERSION).ok())
+    .map(with_quantity_patterns)
     .collect()
+}
+
+/// Gives every quantity in the schema (pod resources) Kubernetes' quantity pattern, so
+/// `cpu: lots` is refused at admission with the CR's field named, instead of being admitted and
+/// then refused on the child Deployment with the child's path. The long upstream description of
+/// the Quantity type is replaced by one line.
+fn with_quantity_patterns(crd: Crd) -> Crd {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let is_quantity = m.get("x-kubernetes-int-or-string") == Some(&true.into())
+                    && m.get("description")
+                        .and_then(|d| d.as_str())
+                        .is_some_and(|d| d.starts_with("Quantity is a fixed-point"));
+                if is_quantity {
+                    m.insert("pattern".into(), QUANTITY_PATTERN.into());
+                    m.insert(
+                        "description".into(),
+                        "A quantity: a number with an optional suffix, e.g. 500m, 2, 1.5 or 1Gi."
+                            .into(),
+                    );
+                }
+                m.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
 }
 
 #[cfg(test)]

@@ -119,12 +119,14 @@ pub struct WebSocketSettings {
     pub max_connections: i32,
 }
 
+/// The worker contract's defaults.
 impl Default for WebSocketSettings {
     fn default() -> Self {
+        let d = kartflow_wire::config::read_model::WebSocketSettings::default();
         Self {
-            enabled: true,
-            path: "/ws".into(),
-            max_connections: 10_000,
+            enabled: d.enabled,
+            path: d.path,
+            max_connections: i32::try_from(d.max_connections).unwrap_or(i32::MAX),
         }
     }
 }

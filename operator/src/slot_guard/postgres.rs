@@ -8,7 +8,7 @@ use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::policy::SlotReading;
+use super::policy::{OpenTransaction, SlotReading};
 use crate::crd::cdc_source::SslMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,11 +23,8 @@ const DROP_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Error)]
 pub enum GuardError {
-    #[error(
-        "spec.postgres.sslMode {mode}: TLS to PostgreSQL is not supported by the slot guard yet; \
-         use sslMode prefer or disable"
-    )]
-    TlsUnsupported { mode: &'static str },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     #[error("cannot connect to PostgreSQL at {endpoint}: {detail}; {hint}")]
     Connect {
         endpoint: String,
@@ -71,6 +68,17 @@ pub enum GuardError {
 }
 
 impl GuardError {
+    /// Only a change of the spec can fix this (the TLS mode, the tables, the slot's name).
+    pub fn is_spec_error(&self) -> bool {
+        matches!(
+            self,
+            GuardError::Tls(_)
+                | GuardError::NoTables { .. }
+                | GuardError::BadTableName { .. }
+                | GuardError::SlotMismatch { .. }
+        )
+    }
+
     /// The connection is gone: reconnect before the next check.
     pub fn is_connection_closed(&self) -> bool {
         match self {
@@ -202,27 +210,37 @@ impl Db {
     }
 }
 
-/// Connects without TLS: `prefer` means plaintext here, `require` and stricter are refused.
-/// The connection task runs on the current tokio runtime and ends when the [`Db`] is dropped.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    database: &str,
-    user: &str,
-    password: &str,
-    ssl_mode: SslMode,
-) -> Result<Db, GuardError> {
-    let mode = match ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require => return Err(GuardError::TlsUnsupported { mode: "require" }),
-        SslMode::VerifyCa => return Err(GuardError::TlsUnsupported { mode: "verify-ca" }),
-        SslMode::VerifyFull => {
-            return Err(GuardError::TlsUnsupported {
-                mode: "verify-full",
-            });
-        }
-    };
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub database: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub ssl_mode: SslMode,
+    /// PEM CA certificates for `verify-ca` / `verify-full` (and `require`, which then verifies
+    /// the chain).
+    pub ca_pem: Option<&'a [u8]>,
+    /// Shown in `pg_stat_activity.application_name` (PostgreSQL keeps 63 bytes).
+    pub application_name: &'a str,
+}
+
+/// Connects with libpq's `sslmode` semantics (see [`super::tls`]). The connection task runs on
+/// the current tokio runtime and ends when the [`Db`] is dropped.
+pub async fn connect(target: &Target<'_>) -> Result<Db, GuardError> {
+    let &Target {
+        host,
+        port,
+        database,
+        user,
+        password,
+        ssl_mode,
+        ca_pem,
+        application_name,
+    } = target;
+    let tls = super::tls::setup(ssl_mode, ca_pem)?;
+    let mode = tls.mode;
     let endpoint = format!("{host}:{port}/{database}");
     let mut config = tokio_postgres::Config::new();
     config
@@ -232,11 +250,26 @@ pub async fn connect(
         .user(user)
         .password(password)
         .ssl_mode(mode)
-        .application_name("kartflow-slot-guard")
+        .application_name(application_name)
         .connect_timeout(CONNECT_TIMEOUT)
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     // connect_timeout bounds each TCP attempt; this bounds the whole handshake.
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(NoTls)).await;
+    let handshake = async {
+        match tls.config {
+            None => config.connect(NoTls).await.map(|(c, conn)| {
+                let task: BoxedConnection = Box::pin(conn);
+                (c, task)
+            }),
+            Some(rustls_config) => config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config))
+                .await
+                .map(|(c, conn)| {
+                    let task: BoxedConnection = Box::pin(conn);
+                    (c, task)
+                }),
+        }
+    };
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, handshake).await;
     let (client, connection) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => {
@@ -266,6 +299,10 @@ pub async fn connect(
     Ok(Db { client, endpoint })
 }
 
+/// The connection's I/O task, whatever its TLS stream.
+type BoxedConnection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
 /// Reads one slot. `inactive_since` is what the previous reading of this slot returned: before
 /// PostgreSQL 17 the server does not say how long a slot has had no reader, so the caller keeps
 /// it in memory (a reader seen between checks does not reset it; an operator restart does).
@@ -282,7 +319,9 @@ pub async fn read_slot(
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
                     s.safe_wal_size, s.confirmed_flush_lsn::text, \
                     (extract(epoch FROM (to_jsonb(s) ->> 'inactive_since')::timestamptz) \
-                     * 1000000)::bigint \
+                     * 1000000)::bigint, \
+                    pg_wal_lsn_diff(s.confirmed_flush_lsn, '0/0')::bigint, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
              FROM pg_replication_slots s WHERE s.slot_name = $1",
             &[&slot_name],
         )
@@ -311,8 +350,39 @@ pub async fn read_slot(
         retained_bytes: row.try_get(3).map_err(decode)?,
         safe_wal_size: row.try_get(4).map_err(decode)?,
         confirmed_flush_lsn: row.try_get(5).map_err(decode)?,
+        confirmed_position: row.try_get(7).map_err(decode)?,
+        confirmed_lag_bytes: row.try_get(8).map_err(decode)?,
+        confirmed_unchanged_since: None,
         inactive_since,
+        oldest_transaction: oldest_transaction(db).await?,
     })
+}
+
+/// The oldest open transaction that has written WAL (it has an xid): logical decoding must
+/// keep WAL from its start, so it is what holds a slot's restart position back.
+async fn oldest_transaction(db: &Db) -> Result<Option<OpenTransaction>, GuardError> {
+    let row = db
+        .client
+        .query_opt(
+            "SELECT pid, (extract(epoch FROM now() - xact_start) * 1000)::bigint \
+             FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL \
+               AND pid <> pg_backend_pid() \
+             ORDER BY xact_start LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| db.query_error("reading the oldest open transaction", e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let decode = |e| db.query_error("decoding the oldest open transaction", e);
+    let pid: i32 = row.try_get(0).map_err(decode)?;
+    let ms: Option<i64> = row.try_get(1).map_err(decode)?;
+    Ok(Some(OpenTransaction {
+        pid,
+        age: Duration::from_millis(ms.and_then(|m| u64::try_from(m).ok()).unwrap_or(0)),
+    }))
 }
 
 /// `"name"`, doubling embedded quotes: names are taken literally (case-sensitive).
@@ -569,20 +639,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_modes_are_refused_with_the_way_out() {
-        for (mode, text) in [
-            (SslMode::Require, "require"),
-            (SslMode::VerifyCa, "verify-ca"),
-            (SslMode::VerifyFull, "verify-full"),
-        ] {
-            let err = connect("db.invalid", 5432, "d", "u", "p", mode)
-                .await
-                .expect_err("TLS is refused");
-            let msg = err.to_string();
+    async fn verifying_modes_without_a_ca_say_which_field_to_set() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = connect(&Target {
+                host: "db.invalid",
+                port: 5432,
+                database: "d",
+                user: "u",
+                password: "p",
+                ssl_mode: mode,
+                ca_pem: None,
+                application_name: "test",
+            })
+            .await
+            .expect_err("no CA");
+            assert!(err.is_spec_error(), "{err}");
             assert!(
-                msg.starts_with(&format!("spec.postgres.sslMode {text}: TLS"))
-                    && msg.contains("use sslMode prefer or disable"),
-                "{msg}"
+                err.to_string()
+                    .starts_with("spec.postgres.caCert is required with sslMode"),
+                "{err}"
             );
         }
     }

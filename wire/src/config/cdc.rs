@@ -24,13 +24,38 @@ pub struct CdcSettings {
     pub slot: SlotSettings,
     #[serde(default)]
     pub capture: CaptureSettings,
-    /// The topic order lines (or outbox events) are written to.
+    /// The topic order lines are written to (`capture.mode: table`; outbox rows are routed by
+    /// their aggregate type instead).
     pub topic: String,
+    /// Rows that cannot be mapped go here with the reason, the LSN and the table.
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// The worker's source positions (one compacted record per source, written in the same Kafka
+    /// transaction as the rows): where a restarted worker resumes. Created by the worker when
+    /// missing.
+    #[serde(default = "default_positions_topic")]
+    pub positions_topic: String,
     #[serde(default)]
     pub snapshot_mode: SnapshotMode,
+    /// Change to take a new snapshot (e.g. after the slot was dropped and re-created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_nonce: Option<i64>,
+    /// Rows per snapshot chunk (one Kafka transaction each).
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u32,
     /// How often the worker confirms its position to PostgreSQL when nothing else happens.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: Millis,
+    /// A Kafka transaction is committed after this many records…
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: u32,
+    /// …or this long after its first record, whichever comes first.
+    #[serde(default = "default_max_batch_delay")]
+    pub max_batch_delay: Millis,
+    /// `/readyz` fails while the confirmed position is further than this many bytes behind the
+    /// server's WAL end.
+    #[serde(default = "default_ready_lag_bytes")]
+    pub ready_lag_bytes: u64,
     pub kafka: KafkaSettings,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
@@ -39,6 +64,36 @@ pub struct CdcSettings {
 fn default_heartbeat() -> Millis {
     Millis(30_000)
 }
+
+fn default_dlq_topic() -> String {
+    crate::topics::CDC_DLQ.into()
+}
+
+/// The defaults of the settings a `CdcSource` does not expose (the operator renders them).
+pub fn default_positions_topic() -> String {
+    crate::topics::CDC_POSITIONS.into()
+}
+
+pub fn default_snapshot_chunk_rows() -> u32 {
+    10_000
+}
+
+pub fn default_max_batch_records() -> u32 {
+    10_000
+}
+
+pub fn default_max_batch_delay() -> Millis {
+    Millis(100)
+}
+
+pub fn default_ready_lag_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// The longest heartbeat the worker accepts: well inside PostgreSQL's default
+/// `wal_sender_timeout` (60 s) is what matters, and a slot that confirms less often than every
+/// few minutes retains WAL for no reason.
+pub const MAX_HEARTBEAT: Millis = Millis(300_000);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -95,6 +150,8 @@ pub struct CaptureSettings {
     pub columns: OrderLineColumns,
     /// `mode: outbox`: the outbox table.
     pub outbox_table: String,
+    /// `mode: outbox`: the outbox table's columns and routing.
+    pub outbox: OutboxSettings,
 }
 
 impl Default for CaptureSettings {
@@ -104,6 +161,40 @@ impl Default for CaptureSettings {
             table: "public.order_items".into(),
             columns: OrderLineColumns::default(),
             outbox_table: "public.outbox".into(),
+            outbox: OutboxSettings::default(),
+        }
+    }
+}
+
+/// The transactional outbox (Debezium's outbox event router, same default column names): each
+/// INSERT becomes one record on `<topicPrefix><aggregatetype>`, keyed by the aggregate id, with
+/// the payload passed through and `eventId` = the row id. UPDATEs and DELETEs of the outbox table
+/// are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub id_column: String,
+    pub aggregate_type_column: String,
+    pub aggregate_id_column: String,
+    pub payload_column: String,
+    /// Copied into the `eventType` header when the column exists.
+    pub type_column: String,
+    pub topic_prefix: String,
+    /// Delete captured rows from the outbox table after Kafka committed them (keeps the table
+    /// small without an application-side cleanup job; needs DELETE on the table).
+    pub delete_after_capture: bool,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            id_column: "id".into(),
+            aggregate_type_column: "aggregatetype".into(),
+            aggregate_id_column: "aggregateid".into(),
+            payload_column: "payload".into(),
+            type_column: "type".into(),
+            topic_prefix: "outbox.event.".into(),
+            delete_after_capture: false,
         }
     }
 }
@@ -124,6 +215,12 @@ pub struct OrderLineColumns {
     pub order_id: String,
     pub product_id: String,
     pub quantity: String,
+    /// The row's unique id (its primary key): `eventId` is `<table>:<id>`, the same for the
+    /// snapshot and the stream and across redelivery.
+    pub id: String,
+    /// A timestamp column for the order line's `timestamp`; without it, the commit time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 impl Default for OrderLineColumns {
@@ -132,6 +229,8 @@ impl Default for OrderLineColumns {
             order_id: "order_id".into(),
             product_id: "product_id".into(),
             quantity: "quantity".into(),
+            id: "id".into(),
+            timestamp: None,
         }
     }
 }
@@ -181,13 +280,47 @@ impl WorkerConfig for CdcSettings {
                 require_non_empty("capture.columns.orderId", &cap.columns.order_id)?;
                 require_non_empty("capture.columns.productId", &cap.columns.product_id)?;
                 require_non_empty("capture.columns.quantity", &cap.columns.quantity)?;
+                require_non_empty("capture.columns.id", &cap.columns.id)?;
+                if let Some(ts) = &cap.columns.timestamp {
+                    require_non_empty("capture.columns.timestamp", ts)?;
+                }
             }
-            CaptureMode::Outbox => require_non_empty("capture.outboxTable", &cap.outbox_table)?,
+            CaptureMode::Outbox => {
+                require_non_empty("capture.outboxTable", &cap.outbox_table)?;
+                let o = &cap.outbox;
+                require_non_empty("capture.outbox.idColumn", &o.id_column)?;
+                require_non_empty(
+                    "capture.outbox.aggregateTypeColumn",
+                    &o.aggregate_type_column,
+                )?;
+                require_non_empty("capture.outbox.aggregateIdColumn", &o.aggregate_id_column)?;
+                require_non_empty("capture.outbox.payloadColumn", &o.payload_column)?;
+            }
         }
         require_non_empty("topic", &self.topic)?;
-        if self.heartbeat_interval.0 == 0 {
+        require_non_empty("dlqTopic", &self.dlq_topic)?;
+        require_non_empty("positionsTopic", &self.positions_topic)?;
+        if self.snapshot_chunk_rows == 0 {
+            return Err(ConfigError::invalid(
+                "snapshotChunkRows",
+                "must be at least 1",
+            ));
+        }
+        if self.heartbeat_interval.0 < 1_000 || self.heartbeat_interval > MAX_HEARTBEAT {
             return Err(ConfigError::invalid(
                 "heartbeatInterval",
+                "must be between 1s and 5m (inside wal_sender_timeout, often enough to release WAL)",
+            ));
+        }
+        if self.max_batch_records == 0 {
+            return Err(ConfigError::invalid(
+                "maxBatchRecords",
+                "must be at least 1",
+            ));
+        }
+        if self.max_batch_delay.0 == 0 {
+            return Err(ConfigError::invalid(
+                "maxBatchDelay",
                 "must be longer than 0",
             ));
         }
@@ -220,14 +353,30 @@ mod tests {
         assert_eq!(s.capture.columns.product_id, "product_id");
         assert_eq!(s.snapshot_mode, SnapshotMode::Initial);
         assert_eq!(s.heartbeat_interval, Millis(30_000));
+        assert_eq!(s.capture.columns.id, "id");
+        assert_eq!(s.capture.columns.timestamp, None);
+        assert_eq!(s.capture.outbox.aggregate_type_column, "aggregatetype");
+        assert_eq!(s.capture.outbox.topic_prefix, "outbox.event.");
+        assert!(!s.capture.outbox.delete_after_capture);
+        assert_eq!(s.dlq_topic, "cdc-dlq");
+        assert_eq!(s.positions_topic, "kartflow-cdc-positions");
+        assert_eq!(s.snapshot_nonce, None);
+        assert_eq!(s.snapshot_chunk_rows, 10_000);
+        assert_eq!(s.max_batch_delay, Millis(100));
     }
 
     #[test]
     fn contract_round_trips_and_names_invalid_fields() {
         let mut full = base();
         full["postgres"]["sslMode"] = json!("verify-full");
-        full["capture"] = json!({"mode": "outbox", "outboxTable": "app.outbox"});
+        full["capture"] = json!({
+            "mode": "outbox", "outboxTable": "app.outbox",
+            "columns": {"id": "line_id", "timestamp": "created_at"},
+            "outbox": {"aggregateTypeColumn": "kind", "topicPrefix": "", "deleteAfterCapture": true}
+        });
         full["snapshotMode"] = json!("never");
+        full["snapshotNonce"] = json!(3);
+        full["dlqTopic"] = json!("orders-dlq");
         full["heartbeatInterval"] = json!("10s");
         assert_contract::<CdcSettings>(
             full,
@@ -255,8 +404,20 @@ mod tests {
                     json!({"capture": {"columns": {"quantity": ""}}}),
                     "capture.columns.quantity",
                 ),
+                (
+                    json!({"capture": {"columns": {"id": ""}}}),
+                    "capture.columns.id",
+                ),
+                (
+                    json!({"capture": {"mode": "outbox", "outbox": {"payloadColumn": ""}}}),
+                    "capture.outbox.payloadColumn",
+                ),
                 (json!({"topic": ""}), "topic"),
+                (json!({"dlqTopic": ""}), "dlqTopic"),
+                (json!({"snapshotChunkRows": 0}), "snapshotChunkRows"),
                 (json!({"heartbeatInterval": 0}), "heartbeatInterval"),
+                (json!({"heartbeatInterval": "10m"}), "heartbeatInterval"),
+                (json!({"maxBatchDelay": 0}), "maxBatchDelay"),
             ],
         );
     }

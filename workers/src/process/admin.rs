@@ -2,8 +2,8 @@
 //! sets, `/metrics` rendering the role's registry, and the role's own routes merged in.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -33,6 +33,9 @@ pub struct Readiness {
 struct ReadinessInner {
     ready: AtomicBool,
     not_ready: &'static str,
+    /// A specific reason set while not ready (a missing replication slot, say); `not_ready`
+    /// otherwise.
+    reason: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -43,12 +46,34 @@ impl Readiness {
             inner: Arc::new(ReadinessInner {
                 ready: AtomicBool::new(false),
                 not_ready,
+                reason: Mutex::new(None),
             }),
         }
     }
 
     pub fn set(&self, ready: bool) {
+        if let Ok(mut r) = self.inner.reason.lock() {
+            *r = None;
+        }
         self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Not ready, and `/readyz` says why in `reason` until the next [`Readiness::set`].
+    pub fn not_ready_because(&self, reason: impl Into<String>) {
+        self.inner.ready.store(false, Ordering::Relaxed);
+        if let Ok(mut r) = self.inner.reason.lock() {
+            *r = Some(reason.into());
+        }
+    }
+
+    /// What `/readyz` answers while not ready.
+    pub fn reason(&self) -> String {
+        self.inner
+            .reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| self.inner.not_ready.to_owned())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -90,7 +115,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     if s.readiness.is_ready() {
         "ready".into_response()
     } else {
-        error_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.inner.not_ready)
+        error_response(StatusCode::SERVICE_UNAVAILABLE, s.readiness.reason())
     }
 }
 
@@ -173,6 +198,20 @@ mod tests {
         assert_eq!(
             request(port, "GET", "/readyz", None).expect("readyz").0,
             503
+        );
+        readiness.not_ready_because("replication slot s does not exist");
+        assert_eq!(
+            request(port, "GET", "/readyz", None).expect("readyz"),
+            (
+                503,
+                r#"{"error":"replication slot s does not exist"}"#.into()
+            )
+        );
+        readiness.set(false);
+        assert_eq!(
+            readiness.reason(),
+            "not ready: waiting for the test",
+            "set() forgets a specific reason"
         );
 
         let (code, body) = request(port, "GET", "/metrics", None).expect("metrics");

@@ -1,0 +1,380 @@
+//! The CDC path end to end on the local cluster: a `CdcSource` made from
+//! `examples/cdc-source.yaml` drives a real `kartflow-worker cdc` pod; order rows inserted into
+//! PostgreSQL appear as order lines in Kafka; the slot guard reports the slot healthy and never
+//! drops it while the worker keeps up; deleting the `CdcSource` stops the pod and removes the slot.
+//!
+//! Its own helm release and system namespace (`kartflow-cdc`, `kartflow-cdc-e2e`), watching only
+//! the test's namespace, uninstalled at the end (and on failure).
+//!
+//! Needs the stack and the cluster: `make test` starts both; alone, `make dev-up cluster-up`,
+//! `cargo build`, then `cargo test -p kartflow-operator --test cdc_e2e -- --include-ignored
+//! --nocapture`. The cluster's node must run this tree's `kartflow-worker` (its images map
+//! `kartflow/worker` to `$CARGO_TARGET_DIR/debug/kartflow-worker` of the tree that started it).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kartflow_operator::crd::CdcSource;
+use kartflow_testkit::cluster::{self, TestNamespace, wait_for};
+use kartflow_testkit::stack;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+const RELEASE: &str = "kartflow-cdc";
+const SYSTEM_NS: &str = "kartflow-cdc-e2e";
+const T: Duration = Duration::from_secs(120);
+
+fn tool(name: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cluster::tool(name))
+        .args(args)
+        .env("KUBECONFIG", cluster::kubeconfig_path())
+        .output()
+        .map_err(|e| format!("running {name}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{name} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Uninstalls the release and removes the test namespace even when the test fails half-way.
+struct Cleanup {
+    app_ns: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // The CdcSource's finalizer needs the operator: delete it before the release goes.
+        let _ = tool(
+            "kubectl",
+            &[
+                "-n",
+                &self.app_ns,
+                "delete",
+                "cdcsources",
+                "--all",
+                "--timeout=60s",
+            ],
+        );
+        let _ = tool(
+            "helm",
+            &[
+                "uninstall",
+                RELEASE,
+                "-n",
+                SYSTEM_NS,
+                "--wait",
+                "--ignore-not-found",
+            ],
+        );
+        let _ = tool(
+            "kubectl",
+            &["delete", "namespace", &self.app_ns, "--wait=false"],
+        );
+        let _ = tool(
+            "kubectl",
+            &["delete", "namespace", SYSTEM_NS, "--wait=false"],
+        );
+    }
+}
+
+struct Pg {
+    user: String,
+    password: String,
+    host: String,
+    port: u16,
+    database: String,
+}
+
+fn pg() -> Pg {
+    let url = url::Url::parse(&stack::settings().database_url).expect("DATABASE_URL");
+    Pg {
+        user: url.username().into(),
+        password: url.password().unwrap_or_default().into(),
+        host: url.host_str().unwrap_or("127.0.0.1").into(),
+        port: url.port().unwrap_or(5432),
+        database: url.path().trim_start_matches('/').into(),
+    }
+}
+
+/// Order lines in `topic` (read_committed), as (orderId, productId) pairs.
+fn order_lines(topic: &str) -> BTreeSet<(String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack::settings().kafka_bootstrap)
+        .set("group.id", stack::unique_name("cdc-e2e-reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut eof = BTreeSet::new();
+    let mut out = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while eof.len() < 3 && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Ok(m)) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                out.insert((
+                    v["orderId"].as_str().unwrap_or_default().to_owned(),
+                    v["productId"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn create_topic(topic: &str) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", stack::settings().kafka_bootstrap)
+            .create()
+            .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let t = rdkafka::admin::NewTopic::new(topic, 3, rdkafka::admin::TopicReplication::Fixed(1));
+    for r in rt
+        .block_on(admin.create_topics(&[t], &rdkafka::admin::AdminOptions::new()))
+        .expect("create")
+    {
+        r.expect("topic");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster and stack: `make test` runs it (or make dev-up cluster-up + --include-ignored)"]
+async fn a_cdc_source_drives_a_real_worker_pod() {
+    let client: Client = cluster::client().await;
+    cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
+    let apps = TestNamespace::create(&client, "kf-cdc").await;
+    let ns = apps.name.clone();
+    let _cleanup = Cleanup { app_ns: ns.clone() };
+    let chart = cluster::repo_root().join("charts/kartflow");
+    let _ = tool(
+        "helm",
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            SYSTEM_NS,
+            "--wait",
+            "--ignore-not-found",
+        ],
+    );
+    tool(
+        "helm",
+        &[
+            "install",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "-n",
+            SYSTEM_NS,
+            "--create-namespace",
+            "--set",
+            &format!("watchNamespaces={{{ns}}}"),
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The database side a user prepares: the table and the role's Secret.
+    let db = stack::postgres().await;
+    let slot = stack::unique_name("e2e_cdc");
+    let table = format!("{slot}_t");
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (order_id text NOT NULL, product_id text NOT NULL, \
+         quantity int NOT NULL, id serial PRIMARY KEY)"
+    ))
+    .await
+    .expect("table");
+    let p = pg();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "shop-cdc-credentials"},
+        "stringData": {"username": p.user, "password": p.password}
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let topic = format!("{slot}-order-events");
+    std::thread::scope(|s| {
+        s.spawn(|| create_topic(&topic));
+    });
+
+    // The example, pointed at the local stack.
+    let text = std::fs::read_to_string(cluster::repo_root().join("examples/cdc-source.yaml"))
+        .expect("examples/cdc-source.yaml");
+    let mut cdc: serde_json::Value = serde_yaml::from_str(&text).expect("example parses");
+    cdc["metadata"]["namespace"] = json!(ns);
+    let spec = &mut cdc["spec"];
+    spec["image"] = json!("kartflow/worker:dev");
+    spec["postgres"]["host"] = json!(p.host);
+    spec["postgres"]["port"] = json!(p.port);
+    spec["postgres"]["database"] = json!(p.database);
+    spec["postgres"]["sslMode"] = json!("disable");
+    spec["publication"]["name"] = json!(format!("{slot}_pub"));
+    spec["publication"]["tables"] = json!([format!("public.{table}")]);
+    spec["slot"]["name"] = json!(slot);
+    spec["kafka"]["bootstrapServers"] = json!(stack::settings().kafka_bootstrap);
+    spec["topic"] = json!(topic);
+    spec["dlqTopic"] = json!(format!("{slot}-dlq"));
+    spec["heartbeatInterval"] = json!("2s");
+    spec["guard"]["checkInterval"] = json!("2s");
+    spec["capture"] = json!({"table": format!("public.{table}")});
+    let cdcs: Api<CdcSource> = Api::namespaced(client.clone(), &ns);
+    cdcs.patch(
+        "orders",
+        &PatchParams::apply("kartflow-cdc-e2e").force(),
+        &Patch::Apply(&cdc),
+    )
+    .await
+    .expect("apply the CdcSource");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    wait_for("the CDC worker pod Ready (streaming)", T, || async {
+        let d = deployments.get_opt("orders-cdc").await.ok()??;
+        (d.status?.ready_replicas? >= 1).then_some(())
+    })
+    .await;
+    wait_for("CdcSource phase Running", T, || async {
+        let s = cdcs.get("orders").await.ok()?.status?;
+        (s.common.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+
+    db.batch_execute(&format!(
+        "INSERT INTO {table} (order_id, product_id, quantity) VALUES \
+         ('o-1', 'P-1', 2), ('o-2', 'P-2', 1), ('o-3', 'P-1', 5)"
+    ))
+    .await
+    .expect("order rows");
+    let want: BTreeSet<(String, String)> = [("o-1", "P-1"), ("o-2", "P-2"), ("o-3", "P-1")]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    let topic_c = topic.clone();
+    wait_for("the order lines in Kafka", T, || {
+        let topic = topic_c.clone();
+        let want = want.clone();
+        async move {
+            let got = tokio::task::block_in_place(|| order_lines(&topic));
+            (got == want).then_some(())
+        }
+    })
+    .await;
+
+    // WAL written elsewhere while the worker keeps up: the guard keeps reporting it healthy.
+    db.batch_execute(&format!(
+        "CREATE TABLE {slot}_noise (id int, pad text);
+         INSERT INTO {slot}_noise SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 20000) g;
+         DROP TABLE {slot}_noise;"
+    ))
+    .await
+    .expect("noise");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = cdcs
+            .get("orders")
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default();
+        assert!(
+            s.last_drop.is_none(),
+            "the guard dropped a healthy slot: {s:?}"
+        );
+        let healthy = s
+            .common
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SlotHealthy")
+            .map(|c| c.status.clone());
+        assert_eq!(
+            healthy.as_deref(),
+            Some("True"),
+            "SlotHealthy while the worker keeps up: {s:?}"
+        );
+        assert!(
+            s.slot.is_some_and(|f| f.active),
+            "the worker holds the slot"
+        );
+    }
+
+    // Deleting the CdcSource stops the pod and removes the slot.
+    cdcs.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        "the CdcSource gone, its pod stopped, its slot dropped",
+        T,
+        || async {
+            let gone = cdcs.get_opt("orders").await.ok()?.is_none();
+            let no_pods = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/instance=orders"))
+                .await
+                .ok()?
+                .items
+                .is_empty();
+            let slot_gone = db
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .ok()?
+                .is_none();
+            (gone && no_pods && slot_gone).then_some(())
+        },
+    )
+    .await;
+    let _ = db
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {slot}_pub; DROP TABLE IF EXISTS {table};"
+        ))
+        .await;
+    eprintln!("CdcSource {} drove a worker pod end to end", cdc.name_any());
+}
+
+trait NameAny {
+    fn name_any(&self) -> String;
+}
+
+impl NameAny for serde_json::Value {
+    fn name_any(&self) -> String {
+        self["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
