@@ -33,6 +33,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+thread_local! {
+    /// Topics this run created, deleted at the end.
+    static CREATED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct Args {
     products: usize,
     rounds: usize,
@@ -91,7 +96,24 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Deletes the benchmark's topics (gigabytes on a shared local broker).
+fn delete_topics(bootstrap: &str, names: &[String]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Err(e) = rt.block_on(admin.delete_topics(&refs, &AdminOptions::new())) {
+        eprintln!("deleting the benchmark topics {names:?}: {e}");
+    }
+}
+
 fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    CREATED.with(|c| c.borrow_mut().push(name.to_owned()));
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -733,4 +755,5 @@ fn main() {
     )
     .expect("write json");
     let _ = std::fs::remove_dir_all(&dir);
+    delete_topics(&bootstrap, &CREATED.with(|c| c.borrow().clone()));
 }

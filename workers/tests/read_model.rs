@@ -51,14 +51,73 @@ struct Topics {
 
 impl Topics {
     fn create(kafka: &Kafka, prefix: &str, partitions: i32) -> Self {
+        let base = unique_name(prefix);
         let t = Self {
-            products: unique_name(&format!("{prefix}-products")),
-            events: unique_name(&format!("{prefix}-events")),
-            alerts: unique_name(&format!("{prefix}-alerts")),
+            products: format!("{base}.products"),
+            events: format!("{base}.events"),
+            alerts: format!("{base}.alerts"),
         };
         kafka.create_topics(&[&t.products, &t.events, &t.alerts], partitions);
         t
     }
+}
+
+/// Deletes every topic whose name starts with `prefix` when the test passes (a failed test keeps
+/// them for inspection, like its directory): these tests write hundreds of MB to the shared
+/// local broker, and a full disk takes the broker down for everyone.
+struct DropTopics {
+    bootstrap: String,
+    prefix: String,
+}
+
+impl DropTopics {
+    fn new(kafka: &Kafka, prefix: &str) -> Self {
+        Self {
+            bootstrap: kafka.bootstrap.clone(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl Drop for DropTopics {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let Ok(meta_client) = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create::<BaseConsumer>()
+        else {
+            return;
+        };
+        let Ok(md) = meta_client.fetch_metadata(None, Duration::from_secs(10)) else {
+            return;
+        };
+        let names: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        let Ok(admin) = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return;
+        };
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            let _ = rt.block_on(admin.delete_topics(&refs, &AdminOptions::new()));
+        }
+    }
+}
+
+fn topic_base(t: &str) -> &str {
+    t.rsplit_once('.').map_or(t, |(base, _)| base)
 }
 
 impl Replica {
@@ -344,6 +403,7 @@ fn catch_up_readiness_is_latched_and_rest_serves_the_whole_view() {
     let kafka = Kafka::connect();
     let dir = TestDir::new("read-model-catch-up");
     let topics = Topics::create(&kafka, "rm-catchup", 2);
+    let _drop_topics = DropTopics::new(&kafka, topic_base(&topics.products));
     let producer = Writer::new(&kafka);
     const N: usize = 200_000;
     let cats = ["wheels", "engines", "seats", "brakes"];
@@ -608,6 +668,7 @@ fn websocket_snapshot_changes_conflation_slow_close_and_going_away() {
     let kafka = Kafka::connect();
     let dir = TestDir::new("read-model-ws");
     let topics = Topics::create(&kafka, "rm-ws", 2);
+    let _drop_topics = DropTopics::new(&kafka, topic_base(&topics.products));
     let producer = Writer::new(&kafka);
     const N: usize = 2_000;
     producer.send_all(
@@ -674,15 +735,16 @@ fn websocket_snapshot_changes_conflation_slow_close_and_going_away() {
         let stop = stop.clone();
         move || {
             let p = Writer::new(&Kafka { bootstrap });
-            // 50 hot products of 8 KB, again and again until the client is closed: conflation
-            // territory, and enough bytes to fill any socket buffer.
-            let big = "x".repeat(8_000);
+            // 50 hot products of 4 KB, again and again until the client is closed: conflation
+            // territory, and enough bytes to fill the socket buffers (bounded: at most 800 MB
+            // if the close never came).
+            let big = "x".repeat(4_000);
             let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 5_000 {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 1_000 {
                 round += 1;
                 p.send_all(
                     &topic,
-                    (0..1_000).map(|j| {
+                    (0..200).map(|j| {
                         let id = format!("W{:05}", j % 50);
                         let mut doc: Value =
                             serde_json::from_str(&product(&id, "odd", round, 1.0)).expect("json");
@@ -789,11 +851,13 @@ fn four_replicas_over_two_partitions_each_serve_every_product() {
     let kafka = Kafka::connect();
     let dir = TestDir::new("read-model-trap");
     let names = TopicNames::unique("rm-trap");
+    let _drop_topics = DropTopics::new(&kafka, topic_base(&names.products));
     kafka.create_topics(&names.inputs(), 2);
     let workload = Workload::generate(&mut rng, 300, 3_000, 5);
     let want = workload.expected();
     let bootstrap = workload.write_bootstrap_file(&dir);
     let pipeline = PipelineConfig::new("rm-trap", &names, Some(bootstrap), &dir.savepoint_url());
+    let _drop_changelog = DropTopics::new(&kafka, &pipeline.name);
     let mut inventory = Worker::new(&dir, &pipeline, "rm-trap-inv");
     inventory.start_ready(Duration::from_secs(60));
     let topics = Topics {
@@ -906,6 +970,7 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
     let kafka = Kafka::connect();
     let dir = TestDir::new("read-model-ping");
     let topics = Topics::create(&kafka, "rm-ping", 1);
+    let _drop_topics = DropTopics::new(&kafka, topic_base(&topics.products));
     Writer::new(&kafka).send_all(
         &topics.products,
         (0..10).map(|i| {
