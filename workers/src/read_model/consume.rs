@@ -76,7 +76,7 @@ impl CatchUp {
                 restore_seconds = secs,
                 products, "caught up with the end offsets captured at start: ready"
             );
-            shared.readiness.set(true);
+            shared.caught_up();
         }
     }
 }

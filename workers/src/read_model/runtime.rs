@@ -202,7 +202,7 @@ pub fn run(args: Args) -> Result<(), RunError> {
         };
         if failure.is_none() {
             // Leave the Service first: readiness false, keep serving while endpoints update.
-            readiness.set(false);
+            shared.leave_service();
             info!(
                 delay_ms = delay.as_millis() as u64,
                 "shutting down: not ready, still serving"

@@ -2,6 +2,7 @@
 //! read-write lock, a notification of each applied batch, readiness and metrics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -31,6 +32,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub started: Instant,
     progress: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
+    /// Set on shutdown: readiness stays false from then on, even if a restore finishes.
+    leaving: AtomicBool,
 }
 
 impl Shared {
@@ -42,6 +45,7 @@ impl Shared {
             metrics,
             started: Instant::now(),
             progress: Mutex::new(BTreeMap::new()),
+            leaving: AtomicBool::new(false),
         }
     }
 
@@ -53,6 +57,19 @@ impl Shared {
 
     pub fn write(&self) -> RwLockWriteGuard<'_, View> {
         self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Caught up: Ready from now on (latched), unless the replica is already shutting down.
+    pub fn caught_up(&self) {
+        if !self.leaving.load(Ordering::SeqCst) {
+            self.readiness.set(true);
+        }
+    }
+
+    /// Shutting down: not Ready any more, whatever happens next.
+    pub fn leave_service(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        self.readiness.set(false);
     }
 
     /// Wakes WebSocket clients and read-your-writes waiters after a batch.
@@ -79,5 +96,27 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caught_up_latches_ready_but_never_after_leaving() {
+        let shared = Shared::new(
+            Limits::default(),
+            Readiness::new("not ready"),
+            Metrics::new(),
+        );
+        assert!(!shared.readiness.is_ready());
+        shared.caught_up();
+        assert!(shared.readiness.is_ready());
+        shared.leave_service();
+        assert!(!shared.readiness.is_ready());
+        // A reader finishing its restore during the shutdown delay must not put it back.
+        shared.caught_up();
+        assert!(!shared.readiness.is_ready());
     }
 }
