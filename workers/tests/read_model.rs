@@ -982,11 +982,19 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
         &dir,
         "ping",
         &topics,
-        json!({"websocket": {"pingInterval": "300ms"}}),
+        json!({"websocket": {"pingInterval": "300ms", "maxConnections": 2}}),
     );
     replica.wait_ready(READY_TIMEOUT);
     let mut reading = connect(replica.http, "");
     let mut silent = connect(replica.http, "");
+    // A third client is over websocket.maxConnections: refused before the upgrade.
+    match tungstenite::connect(format!("ws://127.0.0.1:{}/ws", replica.http)) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => replica.fail(&format!(
+            "a third client was not refused: {:?}",
+            other.map(|_| ())
+        )),
+    }
     assert_eq!(read_snapshot(&mut reading).len(), 10);
     // `reading` reads for 2 s (tungstenite answers each ping with a pong as it reads).
     let start = Instant::now();

@@ -92,6 +92,7 @@ pub fn run(args: Args) -> Result<(), RunError> {
     let ws = settings.websocket.enabled.then(|| {
         Arc::new(WsConfig {
             path: settings.websocket.path.clone(),
+            max_connections: settings.websocket.max_connections as usize,
             queue_capacity: settings.websocket.queue_capacity as usize,
             ping_interval: duration(settings.websocket.ping_interval),
             send_timeout: duration(settings.websocket.send_timeout),

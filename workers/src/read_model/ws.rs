@@ -44,6 +44,8 @@ const FRAME_PRODUCTS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     pub path: String,
+    /// For the refusal message; the limit itself is `Api::connections`.
+    pub max_connections: usize,
     pub queue_capacity: usize,
     pub ping_interval: Duration,
     pub send_timeout: Duration,
@@ -88,8 +90,7 @@ pub async fn upgrade(
             "WebSocket connection limit reached",
             format!(
                 "this replica serves at most {} WebSocket clients (websocket.maxConnections); retry or scale out",
-                api.connections.available_permits()
-                    + api.shared.metrics.ws_clients.get().max(0) as usize
+                cfg.max_connections
             ),
         );
     };
