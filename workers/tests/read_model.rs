@@ -945,13 +945,16 @@ fn four_replicas_over_two_partitions_each_serve_every_product() {
     producer.send(&names.order_events, Some(&pid), line.to_json().as_bytes());
     producer.flush();
     let before = want.inventory[&pid];
-    let f = next_json(&mut ws);
-    let received = now_ms();
+    let (f, received) = loop {
+        let f = next_json(&mut ws);
+        assert_eq!(f["type"], "update", "{f}");
+        if f["products"][0]["inventory"] == json!(before - 1) {
+            break (f, now_ms());
+        }
+    };
     let order_to_client = sent.elapsed();
-    assert_eq!(f["type"], "update", "{f}");
     let p = &f["products"][0];
     assert_eq!(p["productId"], json!(pid));
-    assert_eq!(p["inventory"], json!(before - 1), "{f}");
     let since_event = received - p["lastUpdate"].as_i64().expect("lastUpdate");
     eprintln!(
         "WebSocket change {since_event} ms after the inventory event, {order_to_client:?} after the order was sent"
@@ -982,7 +985,7 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
         &dir,
         "ping",
         &topics,
-        json!({"websocket": {"pingInterval": "300ms", "maxConnections": 2}}),
+        json!({"websocket": {"pingInterval": "500ms", "maxConnections": 2}}),
     );
     replica.wait_ready(READY_TIMEOUT);
     let mut reading = connect(replica.http, "");
@@ -996,10 +999,10 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
         )),
     }
     assert_eq!(read_snapshot(&mut reading).len(), 10);
-    // `reading` reads for 2 s (tungstenite answers each ping with a pong as it reads).
+    // `reading` reads for 3 s (tungstenite answers each ping with a pong as it reads).
     let start = Instant::now();
     let mut pings = 0;
-    while start.elapsed() < Duration::from_secs(2) {
+    while start.elapsed() < Duration::from_secs(3) {
         match reading.read() {
             Ok(WsMessage::Ping(_)) => pings += 1,
             Ok(WsMessage::Close(c)) => replica.fail(&format!("a reading client was closed: {c:?}")),
@@ -1007,16 +1010,29 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
             Err(e) => replica.fail(&format!("reading client: {e}")),
         }
     }
-    assert!(pings >= 4, "only {pings} pings in 2 s at a 300 ms interval");
-    // `silent` read nothing meanwhile: its buffered frames, then close 4000.
+    assert!(pings >= 3, "only {pings} pings in 3 s at a 500 ms interval");
+    // `silent` read nothing meanwhile: its buffered frames, then close 4000. Reading, tungstenite
+    // also answers the buffered pings, and that write can hit the socket the replica has closed
+    // already (broken pipe) before the close frame is read; the metric below says why it closed.
     let code = loop {
         match silent.read() {
-            Ok(WsMessage::Close(Some(frame))) => break u16::from(frame.code),
+            Ok(WsMessage::Close(Some(frame))) => break Some(u16::from(frame.code)),
             Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break None;
+            }
             Err(e) => replica.fail(&format!("no close frame for the silent client: {e}")),
         }
     };
-    assert_eq!(code, 4000, "ping timeout");
+    assert!(
+        matches!(code, None | Some(4000)),
+        "ping timeout, got {code:?}"
+    );
     assert!(
         replica.metric("kartflow_read_model_websocket_closed_total{reason=\"ping_timeout\"}")
             >= 1.0

@@ -20,8 +20,8 @@ pub struct Limits {
     pub events_per_product: usize,
     pub alerts_per_product: usize,
     pub recent_alerts: usize,
-    /// Changes remembered for WebSocket clients that are behind; a client further behind than
-    /// this is closed (it cannot be told what it missed).
+    /// Product changes remembered for WebSocket clients that are behind; a client further
+    /// behind than this is closed (it cannot be told what it missed).
     pub change_log: usize,
 }
 
@@ -111,6 +111,9 @@ impl View {
         self.seq += 1;
         let seq = self.seq;
         let limits = self.limits;
+        // Only product documents are followed by WebSocket clients (history is served by REST):
+        // an event arriving before its product record would otherwise push an unchanged product.
+        let is_product = matches!(change, Change::Product { .. });
         let (id, change) = match change {
             Change::Product {
                 id,
@@ -157,12 +160,14 @@ impl View {
         if let Some(alert) = change {
             push_bounded(&mut self.alerts, alert, limits.recent_alerts);
         }
-        if self.changes.len() >= self.limits.change_log.max(1)
-            && let Some((evicted, _)) = self.changes.pop_front()
-        {
-            self.evicted = evicted;
+        if is_product {
+            if self.changes.len() >= self.limits.change_log.max(1)
+                && let Some((evicted, _)) = self.changes.pop_front()
+            {
+                self.evicted = evicted;
+            }
+            self.changes.push_back((seq, id.clone()));
         }
-        self.changes.push_back((seq, id.clone()));
         id
     }
 
@@ -450,6 +455,18 @@ mod tests {
         assert_eq!(v.changes_since(start).err(), Some(Behind));
         assert!(v.changes_since(1).is_ok());
         assert_eq!(v.changes_since(v.seq()).expect("now").count(), 0);
+    }
+
+    #[test]
+    fn only_product_records_enter_the_change_log() {
+        let mut v = View::new(Limits::default());
+        v.apply(product("A", "x", 1, 1.0), None);
+        let after_product = v.seq();
+        v.apply(event("A", 5), None);
+        v.apply(alert("A", Severity::Info, 6), None);
+        assert_eq!(v.changes_since(after_product).expect("in log").count(), 0);
+        v.apply(product("A", "x", 2, 1.0), None);
+        assert_eq!(v.changes_since(after_product).expect("in log").count(), 1);
     }
 
     #[test]
