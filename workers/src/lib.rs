@@ -11,3 +11,4 @@ pub mod cdc;
 pub mod inventory;
 pub mod kafka;
 pub mod process;
+pub mod read_model;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kartflow_wire::telemetry;
-use kartflow_worker::{cdc, inventory};
+use kartflow_worker::{cdc, inventory, read_model};
 
 #[derive(Debug, Parser)]
 #[command(name = "kartflow-worker", version, about)]
@@ -35,6 +35,8 @@ enum Command {
     Inventory(inventory::runtime::Args),
     /// PostgreSQL logical replication (pgoutput) into Kafka, exactly once.
     Cdc(cdc::Args),
+    /// A broadcast read replica: the whole product view over REST and WebSocket.
+    ReadModel(read_model::runtime::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,9 @@ fn main() -> ExitCode {
             run_role("inventory", json_logs, || inventory::runtime::run(args))
         }
         Command::Cdc(args) => run_role("cdc", json_logs, || cdc::run(args)),
+        Command::ReadModel(args) => {
+            run_role("read-model", json_logs, || read_model::runtime::run(args))
+        }
     }
 }
 

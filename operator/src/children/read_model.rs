@@ -1,8 +1,11 @@
 //! Children of a `ReadModel`: broadcast read replicas (Deployment), their Service, an HPA on CPU
 //! when autoscaling is on, and a PodDisruptionBudget.
 //!
-//! The worker's file is [`kartflow_wire::config::ReadModelSettings`]. The pods also get
-//! `KARTFLOW_HTTP_LISTEN=$(POD_IP):<port>`, which overrides its `httpListen`.
+//! The worker's file is [`kartflow_wire::config::ReadModelSettings`] (`httpListen` 0.0.0.0:<port>).
+//! The pods also get `KARTFLOW_HTTP_LISTEN=$(POD_IP):<port>`, like every worker's admin address:
+//! on the project's test node pods share the host network, where two replicas binding 0.0.0.0
+//! would collide. The worker then also listens on 127.0.0.1:<port> (best effort), which is what
+//! `kubectl port-forward` connects to inside a pod's own network namespace.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
@@ -63,6 +66,7 @@ pub fn read_model(
         kafka,
         worker_kafka,
         topics,
+        alerts_topic,
     } = resolve_source(rm, &owner, pipeline)?;
 
     let http_port = u16::try_from(spec.port).ok().filter(|p| *p > 0);
@@ -96,21 +100,21 @@ pub fn read_model(
         return Err(BuildError::invalid("spec.replicas", "must be at least 0"));
     }
 
-    let config = ReadModelSettings {
-        read_model: owner.worker_identity(),
-        kafka: worker_kafka,
-        topics: contract::ReadModelTopics {
-            products: topics.products.clone(),
-            inventory_events: topics.inventory_events.clone(),
-        },
-        http_listen: std::net::SocketAddr::new(pod::ADMIN_LISTEN.ip(), http_port),
-        websocket: WebSocketSettings {
-            enabled: ws.enabled,
-            path: ws.path.clone(),
-            max_connections: max_connections(ws.max_connections)?,
-        },
-        admin_listen: pod::ADMIN_LISTEN,
+    // Bounds the CRD does not expose (view history, WebSocket queues) keep the worker's defaults.
+    let mut config = ReadModelSettings::new(owner.worker_identity(), worker_kafka);
+    config.topics = contract::ReadModelTopics {
+        products: topics.products.clone(),
+        inventory_events: topics.inventory_events.clone(),
+        inventory_alerts: alerts_topic,
     };
+    config.http_listen = std::net::SocketAddr::new(pod::ADMIN_LISTEN.ip(), http_port);
+    config.websocket = WebSocketSettings {
+        enabled: ws.enabled,
+        path: ws.path.clone(),
+        max_connections: max_connections(ws.max_connections)?,
+        ..WebSocketSettings::default()
+    };
+    config.admin_listen = pod::ADMIN_LISTEN;
     let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, None);
 
@@ -234,6 +238,8 @@ struct Source {
     kafka: KafkaConnection,
     worker_kafka: KafkaSettings,
     topics: ReadModelTopics,
+    /// The pipeline's alerts topic, or the default one for an explicit source.
+    alerts_topic: String,
 }
 
 fn resolve_source(
@@ -271,6 +277,7 @@ fn resolve_source(
                 kafka: p.spec.kafka.clone(),
                 worker_kafka,
                 topics,
+                alerts_topic: p.spec.topics.inventory_alerts.clone(),
             })
         }
         (None, Some(k)) => {
@@ -280,6 +287,7 @@ fn resolve_source(
                 kafka: k.clone(),
                 worker_kafka: kafka_settings("spec.source.kafka", k)?,
                 topics,
+                alerts_topic: kartflow_wire::topics::INVENTORY_ALERTS.into(),
             })
         }
         _ => Err(BuildError::invalid(
@@ -415,9 +423,15 @@ mod tests {
                 "readModel": "prod.shop-view",
                 "kafka": {"bootstrapServers": "kafka:9092",
                     "propertiesFile": "/etc/kartflow/kafka/client.properties"},
-                "topics": {"products": "shop-products", "inventoryEvents": "shop-inventory-events"},
+                "topics": {"products": "shop-products", "inventoryEvents": "shop-inventory-events",
+                    "inventoryAlerts": "inventory-alerts"},
                 "httpListen": "0.0.0.0:8000",
-                "websocket": {"enabled": true, "path": "/ws", "maxConnections": 10000},
+                "websocket": {"enabled": true, "path": "/ws", "maxConnections": 10000,
+                    "queueCapacity": 10000, "pingInterval": 30000, "sendTimeout": 10000},
+                "view": {"recentEventsPerProduct": 10, "recentAlertsPerProduct": 5,
+                    "recentAlerts": 1000, "historyWindow": 3600000},
+                "shutdownDelay": 5000,
+                "partitionCheckInterval": 30000,
                 "adminListen": "0.0.0.0:8080"
             })
         );
@@ -509,6 +523,8 @@ mod tests {
             .find(|p| p.name.as_deref() == Some("http"))
             .expect("http port");
         assert_eq!(http.container_port, 8000);
+        // The pod IP (pods share the host network on the test node); the worker adds loopback
+        // for `kubectl port-forward`.
         assert_eq!(
             env_of(w, "KARTFLOW_HTTP_LISTEN").and_then(|e| e.value.as_deref()),
             Some("$(POD_IP):8000")

@@ -1,0 +1,351 @@
+//! The scaling trap on the local cluster (issue 12): a `ReadModel` with 4 replicas over
+//! 2-partition topics fed by an `InventoryPipeline`, installed by helm with the real Kafka of the
+//! local stack. Querying every pod directly, every replica returns every product with the same
+//! inventory once the pipeline is idle. The partitioned-KTable design this replaces would split
+//! the products 4 ways (and leave 2 replicas with nothing, having more replicas than partitions).
+//!
+//! Own helm release and system namespace (it may run next to `operator_e2e`), uninstalled at the
+//! end, also on failure. Needs the stack and the cluster: `make test` starts both; alone,
+//! `make dev-up cluster-up`, `cargo build`, then
+//! `cargo test -p kartflow-operator --test read_model_e2e -- --include-ignored --nocapture`.
+//! The node must map `kartflow/worker` to a build with the `read-model` subcommand; the test
+//! checks that first and says how to fix it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kartflow_operator::crd::{InventoryPipeline, ReadModel};
+use kartflow_testkit::cluster::{self, TestNamespace, wait_for};
+use kartflow_testkit::{http, stack};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+const RELEASE: &str = "kartflow-rm";
+const SYSTEM_NS: &str = "kartflow-rm-e2e";
+const T: Duration = Duration::from_secs(180);
+const PRODUCTS: usize = 200;
+const REPLICAS: i32 = 4;
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(cluster::tool(tool))
+        .args(args)
+        .env("KUBECONFIG", cluster::kubeconfig_path())
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{tool} {} failed: {}\n{stdout}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Fails clearly when the process node would run a worker without `read-model`: the node agent
+/// maps `kartflow/worker` to `<its cargo target dir>/debug/kartflow-worker`.
+fn check_node_worker() {
+    let dev = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let args =
+        std::fs::read_to_string(format!("{dev}/cluster/run/nodeagent.args")).unwrap_or_else(|e| {
+            panic!("the local cluster's node agent is not running ({e}): make cluster-up")
+        });
+    let target = args
+        .split(['\0', '\n'])
+        .find_map(|a| a.strip_prefix("--cargo-target-dir="))
+        .unwrap_or("target")
+        .to_owned();
+    let bin = format!("{target}/debug/kartflow-worker");
+    let ok = Command::new(&bin)
+        .args(["read-model", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the cluster's node runs kartflow/worker as {bin}, which has no read-model subcommand: \
+         build this branch there (cargo build with CARGO_TARGET_DIR={target}) or restart the \
+         node agent from this worktree (hack/cluster/down.sh, then hack/cluster/up.sh with this \
+         worktree's CARGO_TARGET_DIR)"
+    );
+}
+
+/// Runs a Kafka tool of the local stack (`hack/kafka/kafka.sh cli`), feeding `stdin`.
+fn kafka_cli(args: &[&str], stdin: Option<&str>) {
+    let script = cluster::repo_root().join("hack/kafka/kafka.sh");
+    let mut child = Command::new(script)
+        .arg("cli")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hack/kafka/kafka.sh cli");
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .expect("feed the Kafka tool");
+    }
+    let out = child.wait_with_output().expect("Kafka tool");
+    assert!(
+        out.status.success(),
+        "kafka.sh cli {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let quiet = |tool: &str, args: &[&str]| {
+            let _ = Command::new(cluster::tool(tool))
+                .args(args)
+                .env("KUBECONFIG", cluster::kubeconfig_path())
+                .output();
+        };
+        quiet(
+            "kubectl",
+            &[
+                "delete",
+                "namespace",
+                "-l",
+                "kartflow.io/test-rm=true",
+                "--wait=false",
+            ],
+        );
+        quiet(
+            "helm",
+            &["uninstall", RELEASE, "-n", SYSTEM_NS, "--ignore-not-found"],
+        );
+    }
+}
+
+fn pod_ip(pod: &Pod) -> IpAddr {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_ref())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("pod {} has no IP", pod.name_any()))
+}
+
+/// Every product a replica serves (walking all pages), productId → inventory.
+fn products_of(addr: SocketAddr, min_offsets: &str) -> Option<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/products?limit=1000&cursor={cursor}&minOffsets={min_offsets}");
+        let (code, body) = http::request_to(addr, "GET", &path, None).ok()?;
+        if code != 200 {
+            return None;
+        }
+        let page: Value = serde_json::from_str(&body).ok()?;
+        for p in page["items"].as_array()? {
+            out.insert(
+                p["productId"].as_str()?.to_owned(),
+                p["inventory"].as_i64()?,
+            );
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => return Some(out),
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster and stack: `make test` runs it (or make dev-up cluster-up + --include-ignored)"]
+async fn every_replica_serves_every_product() {
+    let started = Instant::now();
+    check_node_worker();
+    let client = cluster::client().await;
+    cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
+    let _ = Command::new(cluster::tool("helm"))
+        .args([
+            "uninstall",
+            RELEASE,
+            "-n",
+            SYSTEM_NS,
+            "--wait",
+            "--ignore-not-found",
+        ])
+        .env("KUBECONFIG", cluster::kubeconfig_path())
+        .output();
+    let chart = cluster::repo_root().join("charts/kartflow");
+    run(
+        "helm",
+        &[
+            "install",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "-n",
+            SYSTEM_NS,
+            "--create-namespace",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let _release = Uninstall;
+    let apps = TestNamespace::create(&client, "kf-rm").await;
+    let ns = apps.name.clone();
+    run(
+        "kubectl",
+        &["label", "namespace", &ns, "kartflow.io/test-rm=true"],
+    );
+
+    // Unique 2-partition input topics; the worker creates its outputs with the same count.
+    let base = stack::unique_name("rm-e2e").replace('_', "-");
+    let topic = |t: &str| format!("{base}.{t}");
+    let bootstrap = stack::kafka_bootstrap();
+    for t in ["product-updates", "order-events"] {
+        kafka_cli(
+            &[
+                "TopicCommand",
+                "--bootstrap-server",
+                &bootstrap,
+                "--create",
+                "--topic",
+                &topic(t),
+                "--partitions",
+                "2",
+                "--replication-factor",
+                "1",
+            ],
+            None,
+        );
+    }
+
+    // Bootstrap products, then some order lines within stock: expected = initial − ordered.
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let products: Vec<Value> = (0..PRODUCTS)
+        .map(|i| {
+            let id = format!("E{i:04}");
+            expected.insert(id.clone(), 100 + i as i64);
+            json!({"productId": id, "name": format!("Part {i}"), "category": "parts",
+                   "brand": "kartflow", "price": 9.5, "inventory": 100 + i as i64})
+        })
+        .collect();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let pp = PatchParams::apply("kartflow-rm-e2e").force();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "products"},
+        "data": {"products.json": Value::Array(products).to_string()}});
+    cms.patch("products", &pp, &Patch::Apply(&cm))
+        .await
+        .expect("products ConfigMap");
+
+    let t = |name: &str| topic(name);
+    let pipeline = json!({
+        "apiVersion": "kartflow.io/v1alpha1", "kind": "InventoryPipeline",
+        "metadata": {"name": "shop"},
+        "spec": {"image": "kartflow/worker:dev", "kafka": {"bootstrapServers": bootstrap},
+                 "parallelism": 2,
+                 "bootstrapProducts": {"name": "products", "key": "products.json"},
+                 "topics": {"productUpdates": t("product-updates"), "orderEvents": t("order-events"),
+                    "products": t("products"), "inventoryEvents": t("inventory-events"),
+                    "inventoryAlerts": t("inventory-alerts"), "websocketFanout": t("websocket-fanout"),
+                    "dlq": t("dlq")}}
+    });
+    Api::<InventoryPipeline>::namespaced(client.clone(), &ns)
+        .patch("shop", &pp, &Patch::Apply(&pipeline))
+        .await
+        .expect("InventoryPipeline");
+    let view = json!({
+        "apiVersion": "kartflow.io/v1alpha1", "kind": "ReadModel",
+        "metadata": {"name": "view"},
+        "spec": {"image": "kartflow/worker:dev", "source": {"pipelineRef": {"name": "shop"}},
+                 "replicas": REPLICAS}
+    });
+    Api::<ReadModel>::namespaced(client.clone(), &ns)
+        .patch("view", &pp, &Patch::Apply(&view))
+        .await
+        .expect("ReadModel");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for (name, want) in [("shop-worker", 2), ("view-read", REPLICAS)] {
+        wait_for(&format!("{name} with {want} ready replicas"), T, || async {
+            let d = deployments.get(name).await.ok()?;
+            (d.status?.ready_replicas? == want).then_some(())
+        })
+        .await;
+    }
+    eprintln!(
+        "MEASURE pipeline and {REPLICAS} replicas ready after {:.1?}",
+        started.elapsed()
+    );
+
+    let mut lines = String::new();
+    for i in 0..PRODUCTS * 2 {
+        let id = format!("E{:04}", i % PRODUCTS);
+        let qty = 1 + (i % 3) as i64;
+        *expected.get_mut(&id).expect("known product") -= qty;
+        let line = json!({"eventId": format!("e2e-{i}"), "orderId": format!("o-{i}"),
+            "productId": id, "quantity": qty, "timestamp": 1_700_000_000_000i64 + i as i64});
+        lines.push_str(&format!("{id}|{line}\n"));
+    }
+    kafka_cli(
+        &[
+            "ConsoleProducer",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &t("order-events"),
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=|",
+        ],
+        Some(&lines),
+    );
+
+    // Every pod, directly by its IP: every product, the expected inventory.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let replicas = pods
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=view,app.kubernetes.io/component=read-model"),
+        )
+        .await
+        .expect("listing replicas")
+        .items;
+    assert_eq!(replicas.len(), REPLICAS as usize, "one pod per replica");
+    for pod in &replicas {
+        let addr = SocketAddr::new(pod_ip(pod), 8000);
+        let name = pod.name_any();
+        let got = wait_for(
+            &format!("{name} serving every product with the expected inventory"),
+            T,
+            || async { products_of(addr, "").filter(|got| *got == expected) },
+        )
+        .await;
+        assert_eq!(got.len(), PRODUCTS);
+        eprintln!("{name} ({addr}) serves all {PRODUCTS} products with the expected inventory");
+    }
+    let rms: Api<ReadModel> = Api::namespaced(client.clone(), &ns);
+    let ready = rms
+        .get("view")
+        .await
+        .ok()
+        .and_then(|r| r.status?.ready_replicas);
+    eprintln!("ReadModel status readyReplicas {ready:?}");
+
+    apps.delete_and_wait().await;
+    run("helm", &["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"]);
+    run(
+        "kubectl",
+        &["delete", "namespace", SYSTEM_NS, "--timeout=120s"],
+    );
+    eprintln!("MEASURE read-model e2e total {:.0?}", started.elapsed());
+}
