@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
@@ -17,7 +18,7 @@ use super::failure::report_failure;
 use super::observe::observe;
 use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
-use super::trigger::{api, controller_for, spec_or_deletion};
+use super::trigger::{api, controller_for};
 use super::{Context, Error, apply};
 use crate::children::{self, BuildError};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
@@ -35,15 +36,15 @@ pub fn controller(
         .default_backoff()
         .applied_objects()
         .predicate_filter(hpa_replicas, Default::default());
-    // Only a pipeline's spec (Kafka connection, topics) matters to the read models using it,
-    // not its status writes.
+    // Only a pipeline's spec (Kafka connection, topics) and its deletion matter to the read
+    // models using it, not its status writes.
+    let mut seen = PipelineGenerations::default();
     let pipelines = watcher::watcher(
         api::<InventoryPipeline>(client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
-    .applied_objects()
-    .predicate_filter(spec_or_deletion, Default::default());
+    .try_filter_map(move |event| std::future::ready(Ok(seen.relevant(event))));
     controller
         .owns(api::<PodDisruptionBudget>(client, ns), children)
         .owns_stream(hpas)
@@ -60,6 +61,28 @@ pub fn controller(
                 .map(|rm| ObjectRef::from_obj(rm.as_ref()))
                 .collect::<Vec<_>>()
         })
+}
+
+/// The generation of every pipeline seen, to pass on spec changes and deletions only.
+#[derive(Default)]
+struct PipelineGenerations(std::collections::HashMap<(Option<String>, String), Option<i64>>);
+
+impl PipelineGenerations {
+    fn relevant(&mut self, event: watcher::Event<InventoryPipeline>) -> Option<InventoryPipeline> {
+        match event {
+            // A deleted pipeline always matters: its read models must say it is gone.
+            watcher::Event::Delete(p) => {
+                self.0.remove(&(p.namespace(), p.name_any()));
+                Some(p)
+            }
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                let generation = p.metadata.generation;
+                let before = self.0.insert((p.namespace(), p.name_any()), generation);
+                (before != Some(generation)).then_some(p)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        }
+    }
 }
 
 /// What of an HPA the read model reflects: its spec and the replica counts it decided.
@@ -214,6 +237,43 @@ mod trigger_tests {
                        "lastScaleTime": last_scale}
         }))
         .expect("hpa")
+    }
+
+    fn pipeline(generation: i64, phase: &str) -> InventoryPipeline {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kartflow.io/v1alpha1", "kind": "InventoryPipeline",
+            "metadata": {"name": "shop", "namespace": "prod", "generation": generation},
+            "spec": {"image": "w", "kafka": {"bootstrapServers": "k:9092"}},
+            "status": {"phase": phase}
+        }))
+        .expect("pipeline")
+    }
+
+    #[test]
+    fn pipelines_trigger_on_spec_changes_and_deletion_only() {
+        let mut seen = PipelineGenerations::default();
+        let mut passes = |e| seen.relevant(e).is_some();
+        assert!(passes(watcher::Event::InitApply(pipeline(
+            1,
+            "Progressing"
+        ))));
+        assert!(
+            !passes(watcher::Event::Apply(pipeline(1, "Running"))),
+            "a status write"
+        );
+        assert!(
+            passes(watcher::Event::Apply(pipeline(2, "Running"))),
+            "spec"
+        );
+        assert!(
+            passes(watcher::Event::Delete(pipeline(2, "Running"))),
+            "deleted"
+        );
+        assert!(
+            passes(watcher::Event::Apply(pipeline(2, "Running"))),
+            "re-created with the same generation"
+        );
+        assert!(!passes(watcher::Event::InitDone));
     }
 
     #[test]

@@ -38,7 +38,7 @@ where
 
 /// Changes that need a reconcile: the spec (generation), deletion, and finalizers (kube's
 /// finalizer helper adds ours and waits for the resulting event).
-pub(crate) fn spec_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
+fn spec_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let meta = obj.meta();
     let mut h = std::collections::hash_map::DefaultHasher::new();
