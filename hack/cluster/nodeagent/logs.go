@@ -78,16 +78,11 @@ func logTail(path string, maxLines, maxBytes int) string {
 	if err != nil {
 		return ""
 	}
-	b = bytes.TrimRight(b, "\n")
-	pos := len(b)
-	for i := 0; i < maxLines && pos > 0; i++ {
-		pos = bytes.LastIndexByte(b[:pos], '\n')
-		if pos < 0 {
-			pos = -1
-			break
-		}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
 	}
-	tail := b[pos+1:]
+	tail := bytes.Join(lines, []byte("\n"))
 	if len(tail) > maxBytes {
 		tail = tail[len(tail)-maxBytes:]
 	}

@@ -125,4 +125,17 @@ func TestLogTailForTerminationMessages(t *testing.T) {
 	if got := logTail(filepath.Join(dir, "missing"), 80, 2048); got != "" {
 		t.Errorf("a missing log gives %q", got)
 	}
+	// A container that exits before writing anything: an empty log, no panic.
+	for _, content := range []string{"", "\n", "\n\n"} {
+		empty := filepath.Join(dir, "empty.log")
+		if err := os.WriteFile(empty, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := logTail(empty, 80, 2048); got != "" {
+			t.Errorf("log %q gives %q", content, got)
+		}
+	}
+	if got := logTail(path, 0, 2048); got != "" {
+		t.Errorf("no lines asked gives %q", got)
+	}
 }
