@@ -12,7 +12,6 @@
 //! `kartflow/worker` to `$CARGO_TARGET_DIR/debug/kartflow-worker` of the tree that started it).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,23 +32,6 @@ const RELEASE: &str = "kartflow-cdc";
 const SYSTEM_NS: &str = "kartflow-cdc-e2e";
 const T: Duration = Duration::from_secs(120);
 
-fn tool(name: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cluster::tool(name))
-        .args(args)
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .output()
-        .map_err(|e| format!("running {name}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{name} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// Uninstalls the release and removes the test namespace even when the test fails half-way.
 struct Cleanup {
     app_ns: String,
@@ -58,7 +40,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // The CdcSource's finalizer needs the operator: delete it before the release goes.
-        let _ = tool(
+        let _ = cluster::run(
             "kubectl",
             &[
                 "-n",
@@ -69,7 +51,7 @@ impl Drop for Cleanup {
                 "--timeout=60s",
             ],
         );
-        let _ = tool(
+        let _ = cluster::run(
             "helm",
             &[
                 "uninstall",
@@ -80,11 +62,11 @@ impl Drop for Cleanup {
                 "--ignore-not-found",
             ],
         );
-        let _ = tool(
+        let _ = cluster::run(
             "kubectl",
             &["delete", "namespace", &self.app_ns, "--wait=false"],
         );
-        let _ = tool(
+        let _ = cluster::run(
             "kubectl",
             &["delete", "namespace", SYSTEM_NS, "--wait=false"],
         );
@@ -173,7 +155,7 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
     let ns = apps.name.clone();
     let _cleanup = Cleanup { app_ns: ns.clone() };
     let chart = cluster::repo_root().join("charts/kartflow");
-    let _ = tool(
+    let _ = cluster::run(
         "helm",
         &[
             "uninstall",
@@ -184,7 +166,7 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
             "--ignore-not-found",
         ],
     );
-    tool(
+    cluster::run(
         "helm",
         &[
             "install",

@@ -37,19 +37,7 @@ const LEASE_SECONDS: u64 = 8;
 const T: Duration = Duration::from_secs(60);
 
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(cluster::tool(tool))
-        .args(args)
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{tool} {} failed: {}\n{stdout}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    cluster::run(tool, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn apply_params() -> PatchParams {
@@ -217,10 +205,7 @@ struct Uninstall;
 impl Drop for Uninstall {
     fn drop(&mut self) {
         let quiet = |tool: &str, args: &[&str]| {
-            let _ = Command::new(cluster::tool(tool))
-                .args(args)
-                .env("KUBECONFIG", cluster::kubeconfig_path())
-                .output();
+            let _ = cluster::run(tool, args);
         };
         // Test namespaces go too; their CdcSources' finalizers would hold them forever once the
         // operator is gone (the next run drops the slots they leave).
@@ -294,17 +279,17 @@ async fn drop_leftovers() {
 
 async fn install(client: &Client, ns: &str) {
     // A release left by an interrupted run would keep its old operator processes running.
-    let _ = Command::new(cluster::tool("helm"))
-        .args([
+    let _ = cluster::run(
+        "helm",
+        &[
             "uninstall",
             RELEASE,
             "-n",
             ns,
             "--wait",
             "--ignore-not-found",
-        ])
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .output();
+        ],
+    );
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     wait_for(&format!("namespace {ns} not terminating"), T, || async {
         let terminating = namespaces

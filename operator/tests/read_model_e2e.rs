@@ -33,19 +33,7 @@ const PRODUCTS: usize = 200;
 const REPLICAS: i32 = 4;
 
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(cluster::tool(tool))
-        .args(args)
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{tool} {} failed: {}\n{stdout}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    cluster::run(tool, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Fails clearly when the process node would run a worker without `read-model`: the node agent
@@ -107,10 +95,7 @@ struct Uninstall;
 impl Drop for Uninstall {
     fn drop(&mut self) {
         let quiet = |tool: &str, args: &[&str]| {
-            let _ = Command::new(cluster::tool(tool))
-                .args(args)
-                .env("KUBECONFIG", cluster::kubeconfig_path())
-                .output();
+            let _ = cluster::run(tool, args);
         };
         quiet(
             "kubectl",
@@ -168,17 +153,17 @@ async fn every_replica_serves_every_product() {
     check_node_worker();
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
-    let _ = Command::new(cluster::tool("helm"))
-        .args([
+    let _ = cluster::run(
+        "helm",
+        &[
             "uninstall",
             RELEASE,
             "-n",
             SYSTEM_NS,
             "--wait",
             "--ignore-not-found",
-        ])
-        .env("KUBECONFIG", cluster::kubeconfig_path())
-        .output();
+        ],
+    );
     let chart = cluster::repo_root().join("charts/kartflow");
     run(
         "helm",

@@ -149,6 +149,26 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// Runs a tool of the local cluster (`kubectl`, `helm`, ...) against it (`KUBECONFIG` set):
+/// its stdout, or what failed with the tool's stderr.
+pub fn run(name: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(tool(name))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .map_err(|e| format!("running {name}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{name} {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
 /// The `*.yaml` files of `dir`, sorted.
 pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
