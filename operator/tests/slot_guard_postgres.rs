@@ -168,6 +168,8 @@ async fn wait_active(
 /// server's WAL forever, the very thing the guard exists to prevent.
 #[derive(Default)]
 struct Cleanup {
+    /// Sessions to end first: an open transaction would block DROP TABLE and slot creation.
+    backends: Vec<i32>,
     slots: Vec<String>,
     publications: Vec<String>,
     tables: Vec<String>,
@@ -177,6 +179,9 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let mut sql = String::new();
+        for pid in &self.backends {
+            sql.push_str(&format!("SELECT pg_terminate_backend({pid}, 5000);"));
+        }
         for slot in &self.slots {
             sql.push_str(&format!(
                 "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots \
@@ -594,6 +599,7 @@ async fn a_reader_held_back_by_an_open_transaction_is_warned_about_never_dropped
         .await
         .expect("holder pid")
         .get(0);
+    cleanup.backends.push(holder_pid);
     generate_wal(&admin, 33 * MI).await;
 
     // The reader confirms what it received (status every second) while retained WAL stays.
@@ -749,6 +755,7 @@ async fn publication_and_slot_are_created_once_and_dropped() {
     let table = format!("{base}_Order \"Lines\"");
     let (publication, slot) = (format!("{base}_Pub"), base.clone());
     let mut cleanup = Cleanup {
+        backends: Vec::new(),
         slots: vec![slot.clone()],
         publications: vec![publication.clone()],
         tables: vec![table.clone()],
