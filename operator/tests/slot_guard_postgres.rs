@@ -959,9 +959,8 @@ async fn tls_modes_mean_what_libpq_means() {
     let t = target();
     let ca = tls_file("ca.crt");
     let other = tls_file("other-ca.crt");
-    let at = |host: &'static str, mode, ca: Option<&'static [u8]>| (host, mode, ca);
-    let ca: &'static [u8] = Box::leak(ca.into_boxed_slice());
-    let other: &'static [u8] = Box::leak(other.into_boxed_slice());
+    let (ca, other) = (ca.as_slice(), other.as_slice());
+    let at = |host, mode, ca| (host, mode, ca);
     // (host, mode, CA, Ok(encrypted) or Err(part of the message))
     type Case<'a> = ((&'a str, SslMode, Option<&'a [u8]>), Result<bool, &'a str>);
     let cases: Vec<Case<'_>> = vec![

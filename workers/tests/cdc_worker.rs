@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cdc_support::{CdcWorker, Fixture, by_event_id, current_wal_lsn, slot_facts, wait_for};
+use cdc_support::{
+    CdcWorker, Fixture, by_event_id, current_wal_lsn, not_ready_because, slot_facts, wait_for,
+};
 use serde_json::json;
 use support::Rng;
 
@@ -362,19 +364,7 @@ async fn a_missing_slot_is_reported_and_never_created() {
     let db = kartflow_testkit::postgres().await;
     let f = Fixture::new("cdc_noslot", &db).await;
     let mut worker = CdcWorker::start(f.config(json!({})), f.dir.path.join("worker.log"));
-    let body = wait_for(
-        "/readyz to name the missing slot",
-        Duration::from_secs(30),
-        Some(&worker),
-        || {
-            let r = worker.get("/readyz");
-            async move {
-                r.filter(|(s, b)| *s == 503 && b.contains("does not exist"))
-                    .map(|(_, b)| b)
-            }
-        },
-    )
-    .await;
+    let body = not_ready_because(&worker, "does not exist", Duration::from_secs(30)).await;
     assert!(body.contains(&f.slot), "{body}");
     let metrics = worker.get("/metrics").map(|(_, b)| b).unwrap_or_default();
     assert!(
@@ -589,19 +579,7 @@ async fn without_kafka_nothing_is_confirmed_and_everything_arrives_once_it_is_ba
         f.config(json!({"kafka": {"bootstrapServers": "127.0.0.1:1"}})),
         f.dir.path.join("worker-no-kafka.log"),
     );
-    let body = wait_for(
-        "/readyz to report Kafka",
-        Duration::from_secs(60),
-        Some(&worker),
-        || {
-            let r = worker.get("/readyz");
-            async move {
-                r.filter(|(s, b)| *s == 503 && b.contains("cannot reach Kafka"))
-                    .map(|(_, b)| b)
-            }
-        },
-    )
-    .await;
+    let body = not_ready_because(&worker, "cannot reach Kafka", Duration::from_secs(60)).await;
     eprintln!("readyz: {body}");
     let metrics = worker.get("/metrics").map(|(_, b)| b).unwrap_or_default();
     assert!(

@@ -369,12 +369,7 @@ mod tests {
 
     #[test]
     fn the_example_builds() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cdc-source.yaml");
-        let text = std::fs::read_to_string(path).expect("example exists");
-        let mut cdc: CdcSource = serde_yaml::from_str(&text).expect("parses");
-        cdc.metadata.namespace = Some("default".into());
-        cdc.metadata.uid = Some("u".into());
+        let cdc: CdcSource = crate::children::testutil::example("cdc-source.yaml", "default");
         cdc_source(&cdc, false).expect("builds");
     }
 }

@@ -602,12 +602,8 @@ mod tests {
 
     #[test]
     fn the_example_builds() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/inventory-pipeline.yaml");
-        let text = std::fs::read_to_string(path).expect("example exists");
-        let mut ip: InventoryPipeline = serde_yaml::from_str(&text).expect("parses");
-        ip.metadata.namespace = Some("default".into());
-        ip.metadata.uid = Some("u".into());
+        let ip: InventoryPipeline =
+            crate::children::testutil::example("inventory-pipeline.yaml", "default");
         let c = inventory_pipeline(&ip).expect("builds");
         assert_eq!(c.deployment.spec.and_then(|s| s.replicas), Some(2));
     }

@@ -349,6 +349,24 @@ pub(crate) mod testutil {
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+    /// `examples/<file>` as the custom resource the apiserver would hand the controller: in
+    /// `namespace`, with a uid.
+    pub fn example<K: serde::de::DeserializeOwned + kube::Resource>(
+        file: &str,
+        namespace: &str,
+    ) -> K {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut cr: K = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+        cr.meta_mut().namespace = Some(namespace.into());
+        cr.meta_mut().uid = Some("u".into());
+        cr
+    }
+
     /// The child is in `namespace`, controlled by the CR `kind`/`name`/`uid`, and carries the
     /// recommended labels of `component`.
     pub fn assert_child_meta(

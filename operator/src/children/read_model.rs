@@ -630,12 +630,7 @@ mod tests {
 
     #[test]
     fn the_example_builds() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/read-model.yaml");
-        let text = std::fs::read_to_string(path).expect("example exists");
-        let mut view: ReadModel = serde_yaml::from_str(&text).expect("parses");
-        view.metadata.namespace = Some("prod".into());
-        view.metadata.uid = Some("u".into());
+        let view: ReadModel = crate::children::testutil::example("read-model.yaml", "prod");
         assert_eq!(
             view.spec.port, 8000,
             "the default serving port is not the admin port"

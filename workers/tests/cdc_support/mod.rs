@@ -275,6 +275,23 @@ pub fn by_event_id(records: &[Rec]) -> BTreeMap<String, Vec<Value>> {
 }
 
 /// Polls `check` until it returns `Some`, or fails with `what` and the worker's log.
+/// Waits until the worker's `/readyz` answers 503 with a body containing `says`; the body.
+pub async fn not_ready_because(worker: &CdcWorker, says: &str, timeout: Duration) -> String {
+    wait_for(
+        &format!("/readyz to say {says:?}"),
+        timeout,
+        Some(worker),
+        || {
+            let r = worker.get("/readyz");
+            async move {
+                r.filter(|(s, b)| *s == 503 && b.contains(says))
+                    .map(|(_, b)| b)
+            }
+        },
+    )
+    .await
+}
+
 pub async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
