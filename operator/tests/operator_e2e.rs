@@ -533,23 +533,25 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
     assert_owned_and_labelled(&d, &ip.uid().unwrap_or_default(), "shop");
     assert_hardened(&d);
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
-    for (kind_name, obj) in [
-        (
-            "Service shop-worker",
-            Api::<Service>::namespaced(client.clone(), ns)
-                .get("shop-worker")
-                .await
-                .map(|s| s.metadata),
-        ),
-        (
-            "ConfigMap shop-worker-config",
-            Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .get("shop-worker-config")
-                .await
-                .map(|c| c.metadata),
-        ),
+    // The Deployment is applied before its Service, so wait for each child rather than read once.
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let service = wait_for("Service shop-worker", T, || async {
+        services.get_opt("shop-worker").await.ok().flatten()
+    })
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let config = wait_for("ConfigMap shop-worker-config", T, || async {
+        config_maps
+            .get_opt("shop-worker-config")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    for (kind_name, meta) in [
+        ("Service shop-worker", service.metadata),
+        ("ConfigMap shop-worker-config", config.metadata),
     ] {
-        let meta = obj.unwrap_or_else(|e| panic!("{kind_name}: {e}"));
         assert!(
             meta.owner_references.is_some_and(|o| !o.is_empty()),
             "{kind_name} owned"
@@ -572,10 +574,11 @@ async fn children_follow_the_spec(client: &Client, ns: &str) {
                 .all(|m| m.resource.as_ref().is_some_and(|r| r.name == "cpu")),
         "the HPA scales on CPU only: {metrics:?}"
     );
-    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-        .get("view-read")
-        .await
-        .expect("PDB view-read");
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    let pdb = wait_for("PDB view-read", T, || async {
+        pdbs.get_opt("view-read").await.ok().flatten()
+    })
+    .await;
     assert_owned_and_labelled(&pdb, &rm.uid().unwrap_or_default(), "view");
     let cd = deployment(client, ns, "orders-cdc").await;
     assert_owned_and_labelled(&cd, &cdc.uid().unwrap_or_default(), "orders");
