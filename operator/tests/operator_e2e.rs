@@ -172,6 +172,7 @@ async fn operator_end_to_end() {
     children_follow_the_spec(&client, &apps.name).await;
     crash_looping_workers_show_their_error(&client, &apps.name).await;
     slot_guard(&client, system, &apps.name).await;
+    paused_leader_does_not_drop(&client, system, &apps.name).await;
     latency_and_memory(&client, system, &apps.name).await;
     failover(&client, system, &apps.name).await;
 
@@ -1141,6 +1142,114 @@ async fn slot_guard(client: &Client, system: &str, ns: &str) {
         (gone && !slot_exists(&slot).await).then_some(())
     })
     .await;
+}
+
+/// A leader paused (SIGSTOP) past its lease between recording a drop as `Pending` and the
+/// `DROP` must not drop once it resumes: the standby that took over finds the slot intact and
+/// closes the record as `Abandoned`, and the resumed process re-checks the Lease before acting.
+async fn paused_leader_does_not_drop(client: &Client, system: &str, ns: &str) {
+    let cdcs: Api<CdcSource> = Api::namespaced(client.clone(), ns);
+    let slot = stack::unique_name("e2e_guard_paused");
+    prepare_table(&slot).await;
+    let mut source = cdc_source("guard-paused", &slot, guard(json!({})));
+    // The debug build's hook holds the decided drop for 5 s, long enough to stop the process
+    // inside that window.
+    source["metadata"]["annotations"] = json!({"kartflow.io/debug-pause-before-drop": "5s"});
+    apply(&cdcs, source).await;
+    slot_reported(&cdcs, "guard-paused").await;
+    let leader = leader_pod(client, system).await;
+    let old_holder = lease_holder(client, system).await.expect("a holder");
+    let pid = pid_of(&leader.name_any());
+    generate_wal(24).await;
+    wait_for("guard-paused: the drop recorded as Pending", T, || async {
+        let d = cdcs.get("guard-paused").await.ok()?.status?.last_drop?;
+        (d.outcome.as_deref() == Some("Pending")).then_some(())
+    })
+    .await;
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    // While the leader is stopped a reader comes back: dropping now would kill a healthy one.
+    let mut reader = Reader::start(&slot);
+    let new_holder = wait_for(
+        "the standby takes the Lease from the stopped leader",
+        Duration::from_secs(LEASE_SECONDS * 3),
+        || async {
+            lease_holder(client, system)
+                .await
+                .filter(|h| *h != old_holder)
+        },
+    )
+    .await;
+    let abandoned = wait_for(
+        "guard-paused: the new leader closes the drop",
+        T,
+        || async {
+            let d = cdcs.get("guard-paused").await.ok()?.status?.last_drop?;
+            (d.outcome.as_deref() == Some("Abandoned")).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(
+        abandoned.cause.as_deref(),
+        Some("ReaderGone"),
+        "{abandoned:?}"
+    );
+    drop(resume);
+    // The resumed process is past its pause and its lease: give it time to (wrongly) act.
+    tokio::time::sleep(LEASE_SECONDS_DURATION).await;
+    assert!(
+        slot_exists(&slot).await,
+        "the resumed old leader did not drop {slot} (the Lease is held by {new_holder})"
+    );
+    let last = cdcs
+        .get("guard-paused")
+        .await
+        .expect("get guard-paused")
+        .status
+        .and_then(|s| s.last_drop);
+    assert_eq!(
+        last.and_then(|d| d.outcome),
+        Some("Abandoned".to_owned()),
+        "the old leader wrote no outcome after resuming"
+    );
+    assert!(
+        !events_for(client, ns, "guard-paused", "SlotDropAbandoned")
+            .await
+            .is_empty(),
+        "a SlotDropAbandoned Event"
+    );
+    reader.stop();
+    cdcs.delete("guard-paused", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // The old leader exits on resuming and restarts as a standby; the failover test needs it.
+    wait_for(
+        "both operator replicas Ready again",
+        Duration::from_secs(90),
+        || async {
+            let pods = operator_pods(client, system).await;
+            (pods.len() == 2 && pods.iter().all(pod_ready)).then_some(())
+        },
+    )
+    .await;
+}
+
+const LEASE_SECONDS_DURATION: Duration = Duration::from_secs(LEASE_SECONDS);
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Continues a stopped process when dropped, so a failed assertion never leaves it stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
 }
 
 /// `pg_recvlogical` streaming from a slot: the "active reader" of the guard scenarios.

@@ -415,8 +415,8 @@ pub struct SlotDrop {
     /// `ReaderGone`, `ReaderStuck`, `WalLost`, …: see `slot.cause`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
-    /// `Pending` (decided and recorded, not yet done), `Dropped`, or `Gone` (the slot had
-    /// already disappeared).
+    /// `Pending` (decided and recorded, not yet done), `Dropped`, `Gone` (the slot had
+    /// already disappeared) or `Abandoned` (never carried out; the slot is intact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// `spec.slot.recreateNonce` at the drop: the slot is recreated, and the CDC worker
@@ -430,8 +430,10 @@ pub struct SlotDrop {
 
 impl SlotDrop {
     /// The user has not acknowledged this drop: `spec.slot.recreateNonce` is what it was at
-    /// the drop. No other spec change counts.
+    /// the drop. No other spec change counts. An abandoned drop left the slot intact: there is
+    /// nothing to acknowledge.
     pub fn awaiting_ack(&self, spec: &CdcSourceSpec) -> bool {
-        self.recreate_nonce == spec.slot.recreate_nonce
+        self.outcome.as_deref() != Some("Abandoned")
+            && self.recreate_nonce == spec.slot.recreate_nonce
     }
 }

@@ -14,7 +14,7 @@ pub mod report;
 
 pub use policy::{
     Cause, DropStage, GuardPolicy, OpenTransaction, PolicyError, SlotMemory, SlotReading,
-    Threshold, TimeLimit, Verdict, decide, drop_done, drop_record, facts, track,
+    Threshold, TimeLimit, Verdict, abandoned, decide, drop_done, drop_record, facts, track,
 };
 pub use postgres::{
     Db, DropOutcome, GuardError, MAX_DROP_ATTEMPTS, connect, drop_publication, drop_slot,

@@ -542,6 +542,10 @@ pub enum DropStage {
     Dropped,
     /// The slot was gone by the time the guard dropped it.
     Gone,
+    /// Decided and recorded, never carried out: a later check found the slot still there (the
+    /// deciding leader lost its Lease, or the `DROP` failed). The slot is intact, so nothing
+    /// waits for an acknowledgement.
+    Abandoned,
 }
 
 impl DropStage {
@@ -550,6 +554,7 @@ impl DropStage {
             DropStage::Pending => "Pending",
             DropStage::Dropped => "Dropped",
             DropStage::Gone => "Gone",
+            DropStage::Abandoned => "Abandoned",
         }
     }
 }
@@ -582,6 +587,16 @@ pub fn drop_done(record: SlotDrop, stage: DropStage, retained_bytes: Option<i64>
         retained_bytes: retained_bytes.unwrap_or(record.retained_bytes),
         ..record
     }
+}
+
+/// A check that reads the status left `Pending` by an earlier check: whether the drop it
+/// recorded is to be closed as `Abandoned`, because the slot is still there.
+pub fn abandoned(previous: Option<&SlotDrop>, reading: &SlotReading) -> Option<SlotDrop> {
+    let pending = previous.filter(|d| d.outcome.as_deref() == Some(DropStage::Pending.as_str()))?;
+    reading.exists.then(|| SlotDrop {
+        outcome: Some(DropStage::Abandoned.as_str().to_owned()),
+        ..pending.clone()
+    })
 }
 
 /// Whole seconds: status fields change only when something did.
@@ -1236,11 +1251,36 @@ mod tests {
             (done.outcome.as_deref(), done.retained_bytes),
             (Some("Dropped"), 9)
         );
-        let gone = drop_done(d, DropStage::Gone, None);
+        let gone = drop_done(d.clone(), DropStage::Gone, None);
         assert_eq!(
             (gone.outcome.as_deref(), gone.retained_bytes),
             (Some("Gone"), 5)
         );
+        // Only a Pending record whose slot is still there is abandoned.
+        let present = SlotReading {
+            exists: true,
+            ..SlotReading::missing("x")
+        };
+        let missing = SlotReading::missing("x");
+        let abandoned_pending = abandoned(Some(&d), &present);
+        assert_eq!(
+            abandoned_pending
+                .as_ref()
+                .and_then(|a| a.outcome.as_deref()),
+            Some("Abandoned")
+        );
+        assert_eq!(abandoned_pending.map(|a| a.at), Some(d.at.clone()));
+        assert_eq!(
+            abandoned(Some(&d), &missing),
+            None,
+            "maybe dropped: keep Pending"
+        );
+        assert_eq!(
+            abandoned(Some(&done), &present),
+            None,
+            "a finished drop stays"
+        );
+        assert_eq!(abandoned(None, &present), None);
     }
 
     #[test]

@@ -182,6 +182,17 @@ pub fn dropped(slot: &str, reason: &str, terminated: u32) -> CheckReport {
     }
 }
 
+/// A drop recorded `Pending` by an earlier check never happened: the slot is still there.
+pub fn drop_abandoned(slot: &str, decided_at: &str) -> Notice {
+    Notice::warning(
+        "SlotDropAbandoned",
+        format!(
+            "the drop of slot {slot} decided at {decided_at} was never carried out (its leader \
+             lost the Lease or the DROP failed); the slot is intact and checked again"
+        ),
+    )
+}
+
 /// kartflow created the publication.
 pub fn publication_created(publication: &str) -> Notice {
     Notice::normal(

@@ -10,7 +10,8 @@ use crate::crd::cdc_source::{SlotDrop, SlotFacts};
 use crate::crd::{CdcSource, CdcSourceStatus};
 use crate::slot_guard::report::{self, Check, Step};
 use crate::slot_guard::{
-    DropStage, GuardPolicy, SlotReading, decide, drop_done, drop_record, facts, postgres, track,
+    DropStage, GuardPolicy, SlotReading, abandoned, decide, drop_done, drop_record, facts,
+    postgres, track,
 };
 
 use super::{database, stored};
@@ -41,6 +42,24 @@ pub(super) fn forget(cdc: &CdcSource, ctx: &Context) {
     );
 }
 
+/// Test hook, honoured by debug builds only: this annotation holds a decided drop between its
+/// `Pending` record and the `DROP`, so the end-to-end test can pause the leader right there.
+pub const DEBUG_PAUSE_BEFORE_DROP: &str = "kartflow.io/debug-pause-before-drop";
+
+async fn debug_pause_before_drop(cdc: &CdcSource) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let pause = cdc
+        .annotations()
+        .get(DEBUG_PAUSE_BEFORE_DROP)
+        .and_then(|v| crate::units::parse_duration(v).ok());
+    if let Some(pause) = pause {
+        tracing::warn!(?pause, "debug hook: pausing before the DROP");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// The guard dropped the slot and `spec.slot.recreateNonce` has not changed since: the slot
 /// stays gone and the CDC worker stopped.
 pub(super) fn awaiting_ack(cdc: &CdcSource, status: &CdcSourceStatus) -> bool {
@@ -63,7 +82,7 @@ pub(super) async fn guard(
 
     // After a guard drop the slot stays gone until the user acknowledges the gap by changing
     // spec.slot.recreateNonce.
-    let dropped_awaiting_ack = awaiting_ack(cdc, previous);
+    let mut dropped_awaiting_ack = awaiting_ack(cdc, previous);
     let ownership = database::ensure_objects(cdc, ctx, &db, previous, dropped_awaiting_ack).await?;
 
     let memory = ctx
@@ -85,6 +104,16 @@ pub(super) async fn guard(
         .with_label_values(&[ns.as_str(), name.as_str(), report::verdict_label(&verdict)])
         .inc();
     let mut last_drop = previous.last_drop.clone();
+    // A Pending drop whose slot is still there never happened; closing it ends the wait for an
+    // acknowledgement, and this check decides afresh.
+    if let Some(record) = abandoned(previous.last_drop.as_ref(), &reading) {
+        stored::record(cdc, ctx, serde_json::json!({ "lastDrop": &record })).await?;
+        ctx.notice(cdc, report::drop_abandoned(slot, &record.at))
+            .await;
+        tracing::warn!(slot = %slot, decided_at = %record.at, "a pending drop never happened");
+        dropped_awaiting_ack = false;
+        last_drop = Some(record);
+    }
     let mut slot_facts = facts(&reading, verdict.cause(), at);
     let retained_wal = slot_facts.retained_wal.clone().unwrap_or_default();
     let check = Check {
@@ -101,10 +130,15 @@ pub(super) async fn guard(
             terminate_pid,
         } => {
             // A replica that stopped leading (paused past its lease) must not act on a
-            // decision a standby may be taking too.
-            if let Some(lease) = &ctx.leadership {
-                lease.confirm().await.map_err(Error::NotLeading)?;
-            }
+            // decision a standby may be taking too: checked before the record and again right
+            // before the DROP, since the process may be paused in between.
+            let confirm_lease = || async {
+                match &ctx.leadership {
+                    Some(lease) => lease.confirm().await.map_err(Error::NotLeading),
+                    None => Ok(()),
+                }
+            };
+            confirm_lease().await?;
             // Recorded before the DROP: whatever fails next, the drop is never forgotten and
             // the slot never silently re-created.
             let record = drop_record(
@@ -116,6 +150,8 @@ pub(super) async fn guard(
                 cdc.metadata.generation,
             );
             stored::record(cdc, ctx, serde_json::json!({ "lastDrop": &record })).await?;
+            debug_pause_before_drop(cdc).await;
+            confirm_lease().await?;
             let outcome = postgres::drop_slot(&db, slot, terminate_pid).await?;
             let stage = if outcome.dropped {
                 DropStage::Dropped
