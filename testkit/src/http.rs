@@ -27,10 +27,24 @@ pub fn request_to(
     path: &str,
     json_body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    request_with_headers(addr, method, path, &[], json_body)
+}
+
+/// [`request_to`] with extra request headers (`Authorization`, say).
+pub fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json_body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let port = addr.port();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}:{port}\r\n", addr.ip());
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(b) = json_body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

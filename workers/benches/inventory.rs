@@ -276,6 +276,7 @@ fn worker(
         "bootstrapProductsFile": products_file,
         "savepoints": {"storageUrl": format!("file://{}/savepoints", dir.display())},
         "adminListen": format!("127.0.0.1:{port}"),
+        "controlListen": "127.0.0.1:0",
         "processing": {"maxBatchRecords": BATCH, "maxBatchMs": BATCH_MS}
     });
     let cfg_path = dir.join(format!("{run}.json"));

@@ -1,6 +1,7 @@
 //! The inventory worker's file (`kartflow-worker inventory`), rendered by the operator from an
 //! `InventoryPipeline`. Environment overrides besides the common ones:
-//! `KARTFLOW_SAVEPOINT_STORAGE` (`savepoints.storageUrl`).
+//! `KARTFLOW_SAVEPOINT_STORAGE` (`savepoints.storageUrl`) and `KARTFLOW_CONTROL_LISTEN`
+//! (`controlListen`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +9,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ConfigError, InventoryRules, KafkaSettings, WorkerConfig, apply_common_env,
-    default_admin_listen, require_identity, require_non_empty,
+    ConfigError, DEFAULT_CONTROL_LISTEN, InventoryRules, KafkaSettings, WorkerConfig,
+    apply_common_env, default_admin_listen, require_identity, require_non_empty, socket_addr_env,
 };
 use crate::topics;
 
@@ -34,6 +35,18 @@ pub struct InventorySettings {
     /// Address of the admin/metrics HTTP server.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// Address of the control API (`POST /v1/savepoints`): state-changing, so on a port of its
+    /// own that a NetworkPolicy opens to the operator only.
+    #[serde(default = "default_control_listen")]
+    pub control_listen: SocketAddr,
+    /// A file holding the bearer token every control request must carry. Without one the
+    /// control API answers loopback clients only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_token_file: Option<PathBuf>,
+}
+
+fn default_control_listen() -> SocketAddr {
+    DEFAULT_CONTROL_LISTEN
 }
 
 /// Topic names; the defaults are the reference system's.
@@ -114,6 +127,9 @@ impl WorkerConfig for InventorySettings {
         if let Some(v) = env("KARTFLOW_SAVEPOINT_STORAGE") {
             self.savepoints.storage_url = v;
         }
+        if let Some(addr) = socket_addr_env("KARTFLOW_CONTROL_LISTEN", env)? {
+            self.control_listen = addr;
+        }
         Ok(())
     }
 
@@ -149,6 +165,12 @@ impl WorkerConfig for InventorySettings {
             return Err(ConfigError::invalid(
                 "processing.maxBatchMs",
                 "maxBatchMs and tickIntervalMs must be at least 1",
+            ));
+        }
+        if self.control_listen.port() != 0 && self.control_listen == self.admin_listen {
+            return Err(ConfigError::invalid(
+                "controlListen",
+                "must differ from adminListen (the control API has a port of its own)",
             ));
         }
         url::Url::parse(&self.savepoints.storage_url)
@@ -190,6 +212,8 @@ mod tests {
         assert_eq!(s.group_id(), "kartflow-shop");
         assert_eq!(s.processing.max_batch_records, 2_000);
         assert_eq!(s.admin_listen, crate::config::DEFAULT_ADMIN_LISTEN);
+        assert_eq!(s.control_listen, crate::config::DEFAULT_CONTROL_LISTEN);
+        assert_eq!(s.control_token_file, None);
     }
 
     #[test]
@@ -198,6 +222,7 @@ mod tests {
         full["topics"] = serde_json::json!({"changelog": "cl", "dlq": "dead"});
         full["bootstrapProductsFile"] = serde_json::json!("/etc/p.json");
         full["rules"] = serde_json::json!({"staleAfter": "30m"});
+        full["controlTokenFile"] = serde_json::json!("/etc/kartflow/control-token/token");
         assert_contract::<InventorySettings>(
             full,
             &[
@@ -225,6 +250,10 @@ mod tests {
                     "rules.priceDropPercent",
                 ),
                 (serde_json::json!({"topics": {"dlqq": "x"}}), "dlqq"),
+                (
+                    serde_json::json!({"adminListen": "0.0.0.0:9", "controlListen": "0.0.0.0:9"}),
+                    "controlListen",
+                ),
             ],
         );
     }
@@ -235,10 +264,12 @@ mod tests {
         s.apply_env(&|k| match k {
             "KARTFLOW_KAFKA_BOOTSTRAP" => Some("other:1".into()),
             "KARTFLOW_SAVEPOINT_STORAGE" => Some("s3://b/p".into()),
+            "KARTFLOW_CONTROL_LISTEN" => Some("fd00::7:8081".into()),
             _ => None,
         })
         .expect("valid overrides");
         assert_eq!(s.kafka.bootstrap_servers, "other:1");
+        assert_eq!(s.control_listen.to_string(), "[fd00::7]:8081");
         assert_eq!(s.savepoints.storage_url, "s3://b/p");
     }
 }

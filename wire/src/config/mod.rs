@@ -41,6 +41,12 @@ pub use rules::InventoryRules;
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
 
+/// The control server of the workers that take state-changing requests (savepoints): all
+/// addresses, port 8081. A port of its own, so a NetworkPolicy can open the admin port to
+/// Prometheus and this one to the operator only.
+pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8081);
+
 /// Why a worker configuration cannot be used. Every variant names the file, field or variable.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -142,21 +148,36 @@ fn apply_common_env(
     Ok(())
 }
 
-/// `var` parsed as a socket address, when set.
+/// `var` parsed as a socket address ([`parse_listen`]), when set.
 fn socket_addr_env(
     var: &'static str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<SocketAddr>, ConfigError> {
     env(var)
         .map(|v| {
-            v.parse()
-                .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                    var,
-                    problem: e.to_string(),
-                    value: v,
-                })
+            parse_listen(&v).map_err(|e| ConfigError::Env {
+                var,
+                problem: e.to_string(),
+                value: v,
+            })
         })
         .transpose()
+}
+
+/// A listen address `host:port`. Besides the standard forms (`10.1.2.3:8080`, `[fd00::7]:8080`)
+/// it takes an IPv6 address without brackets (`fd00::7:8080`, the last colon splits off the
+/// port): that is what `$(POD_IP):8080` expands to on an IPv6 cluster.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    value.parse().or_else(|e| {
+        let Some((host, port)) = value.rsplit_once(':') else {
+            return Err(e);
+        };
+        let ip: std::net::Ipv6Addr = host.parse()?;
+        let Ok(port) = port.parse::<u16>() else {
+            return Err(e);
+        };
+        Ok(SocketAddr::from((ip, port)))
+    })
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -233,6 +254,24 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_of_both_families() {
+        for (value, want) in [
+            ("10.1.2.3:8080", Some("10.1.2.3:8080")),
+            ("[fd00::7]:8080", Some("[fd00::7]:8080")),
+            ("fd00::7:8080", Some("[fd00::7]:8080")),
+            ("::1:9", Some("[::1]:9")),
+            ("0.0.0.0:8081", Some("0.0.0.0:8081")),
+            ("10.1.2.3", None),
+            ("fd00::7", None),
+            ("host:80", None),
+            ("10.1.2.3:99999", None),
+        ] {
+            let got = parse_listen(value).ok().map(|a| a.to_string());
+            assert_eq!(got.as_deref(), want, "{value}");
+        }
+    }
 
     #[test]
     fn within_prefixes_only_invalid_fields() {

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<(), CdcError> {
     let readiness = Readiness::new("not ready: connecting to PostgreSQL and Kafka");
     let router = admin::router(readiness.clone(), metrics.registry.clone(), Router::new());
     runtime
-        .block_on(admin::serve(settings.admin_listen, router))
+        .block_on(admin::serve_with_loopback(settings.admin_listen, router))
         .map_err(process::ProcessError::from)?;
     let shutdown = Shutdown::on_signals(runtime.handle());
     let result = runtime.block_on(supervise(&settings, &metrics, &readiness, &shutdown));

@@ -37,6 +37,8 @@ pub enum ProcessError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    ControlToken(#[from] admin::ControlTokenError),
     #[error("processing thread: {0}")]
     Thread(std::io::Error),
     #[error("the processing thread panicked")]

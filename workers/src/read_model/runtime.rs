@@ -5,7 +5,6 @@
 //! Kubernetes takes it out of the Service before anything closes; then WebSocket clients get 1001
 //! (going away), the readers stop and the process exits.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,14 +49,6 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("a reader thread panicked (see the log above)")]
     ReaderPanicked,
-}
-
-/// 127.0.0.1 with the port of `listen`, when `listen` is one specific non-loopback address (an
-/// unspecified or loopback address already covers loopback).
-pub fn loopback_twin(listen: SocketAddr) -> Option<SocketAddr> {
-    let ip = listen.ip();
-    (!ip.is_unspecified() && !ip.is_loopback())
-        .then(|| SocketAddr::from(([127, 0, 0, 1], listen.port())))
 }
 
 fn duration(m: config::Millis) -> Duration {
@@ -112,25 +103,14 @@ pub fn run(args: Args) -> Result<(), RunError> {
         axum::Router::new(),
     );
     let http_router = http::router(api);
-    runtime.block_on(admin::serve(settings.admin_listen, admin_router.clone()))?;
-    let bound = runtime.block_on(admin::serve(settings.http_listen, http_router.clone()))?;
-    // Bound to the pod IP (as the operator renders it), also take loopback: `kubectl
-    // port-forward` connects to 127.0.0.1 inside the pod. Best effort: where pods share the
-    // host's network (the project's test node) another replica may hold it already.
-    for (listen, router) in [
-        (settings.http_listen, http_router),
-        (settings.admin_listen, admin_router),
-    ] {
-        if let Some(lo) = loopback_twin(listen) {
-            match runtime.block_on(admin::serve(lo, router)) {
-                Ok(_) => info!(listen = %lo, "also listening on loopback for kubectl port-forward"),
-                Err(e) => info!(
-                    error = %e,
-                    "loopback not available (shared host network?); serving on {listen} only"
-                ),
-            }
-        }
-    }
+    runtime.block_on(admin::serve_with_loopback(
+        settings.admin_listen,
+        admin_router,
+    ))?;
+    let bound = runtime.block_on(admin::serve_with_loopback(
+        settings.http_listen,
+        http_router,
+    ))?;
     info!(read_model = %settings.read_model, %instance, http = %bound, "read replica started");
     let shutdown = Shutdown::on_signals(runtime.handle());
 
@@ -233,18 +213,4 @@ pub fn run(args: Args) -> Result<(), RunError> {
     }
     info!("read replica stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_added_only_for_a_specific_address() {
-        let twin = |s: &str| loopback_twin(s.parse().expect("address")).map(|a| a.to_string());
-        assert_eq!(twin("10.244.0.7:8000").as_deref(), Some("127.0.0.1:8000"));
-        assert_eq!(twin("0.0.0.0:8000"), None);
-        assert_eq!(twin("127.0.0.1:8000"), None);
-        assert_eq!(twin("[::]:8000"), None);
-    }
 }

@@ -195,7 +195,7 @@ impl PipelineConfig {
         format!("{}-inventory-changelog", self.name)
     }
 
-    fn to_json(&self, bootstrap_servers: &str, admin_port: u16) -> Value {
+    fn to_json(&self, bootstrap_servers: &str, admin_port: u16, control_port: u16) -> Value {
         let t = &self.topics;
         let mut v = json!({
             "pipeline": self.name,
@@ -213,6 +213,8 @@ impl PipelineConfig {
             "savepoints": {"storageUrl": self.savepoint_url},
             "processing": {"maxBatchMs": 50},
             "adminListen": format!("127.0.0.1:{admin_port}"),
+            // No token: the control API answers loopback clients.
+            "controlListen": format!("127.0.0.1:{control_port}"),
         });
         if let Some(f) = &self.bootstrap_file {
             v["bootstrapProductsFile"] = json!(f);
@@ -233,6 +235,8 @@ fn free_port() -> u16 {
 pub struct Worker {
     pub instance: String,
     pub port: u16,
+    /// The control API (savepoints).
+    pub control_port: u16,
     config_path: PathBuf,
     log_path: PathBuf,
     extra_args: Vec<String>,
@@ -244,14 +248,16 @@ impl Worker {
     /// Writes the configuration file; does not start the process.
     pub fn new(dir: &TestDir, pipeline: &PipelineConfig, instance: &str) -> Self {
         let port = free_port();
+        let control_port = free_port();
         let bootstrap = kartflow_testkit::settings().kafka_bootstrap;
         let config_path = dir.path.join(format!("{instance}.json"));
-        let text = serde_json::to_string_pretty(&pipeline.to_json(&bootstrap, port))
+        let text = serde_json::to_string_pretty(&pipeline.to_json(&bootstrap, port, control_port))
             .expect("serialize the worker configuration");
         std::fs::write(&config_path, text).expect("write the worker configuration");
         Self {
             instance: instance.to_owned(),
             port,
+            control_port,
             config_path,
             log_path: dir.path.join(format!("{instance}.log")),
             extra_args: Vec::new(),
@@ -445,7 +451,7 @@ impl Worker {
     /// POST `/v1/savepoints {id}`; returns the `result` object of a completed savepoint.
     pub fn savepoint(&self, id: &str) -> Value {
         let body = json!({"id": id}).to_string();
-        match http(self.port, "POST", "/v1/savepoints", Some(&body)) {
+        match http(self.control_port, "POST", "/v1/savepoints", Some(&body)) {
             Ok((201, text)) => {
                 let v: Value = serde_json::from_str(&text).expect("savepoint reply is JSON");
                 assert_eq!(v["state"], "Completed", "{v}");

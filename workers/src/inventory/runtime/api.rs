@@ -1,6 +1,6 @@
-//! The inventory role's own admin routes, mounted on the shared admin router
-//! ([`crate::process::admin`], which serves health, readiness and metrics): `/v1/status` and
-//! savepoints.
+//! The inventory role's own routes: `/v1/status` on the shared admin router
+//! ([`crate::process::admin`], which serves health, readiness and metrics), and savepoints on
+//! the control port, which only the operator reaches.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -47,10 +47,17 @@ pub struct SavepointProgress {
     pub error: Option<String>,
 }
 
-/// The routes to merge into the shared admin router.
+/// The read-only routes to merge into the shared admin router.
 pub fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+/// The control routes, served on the control port behind
+/// [`crate::process::admin::control_router`].
+pub fn control_routes(state: ApiState) -> Router {
+    Router::new()
         .route("/v1/savepoints", post(trigger_savepoint))
         .route("/v1/savepoints/{id}", get(savepoint_progress))
         .with_state(state)

@@ -150,14 +150,24 @@ pub fn run(args: Args) -> Result<(), RunError> {
     let readiness = Readiness::new(api::NOT_READY);
     let status = engine::SharedStatus::default();
     let (tx, rx) = std::sync::mpsc::channel();
-    let routes = api::routes(api::ApiState {
+    let api_state = api::ApiState {
         status: status.clone(),
         commands: tx,
         savepoints: Arc::new(Mutex::new(BTreeMap::new())),
-    });
-    let router = admin::router(readiness.clone(), metrics.registry.clone(), routes);
+    };
+    let access = admin::ControlAccess::from_file(settings.control_token_file.as_deref())
+        .map_err(ProcessError::from)?;
+    let control = admin::control_router(api::control_routes(api_state.clone()), access);
+    let router = admin::router(
+        readiness.clone(),
+        metrics.registry.clone(),
+        api::routes(api_state),
+    );
     runtime
-        .block_on(admin::serve(settings.admin_listen, router))
+        .block_on(admin::serve_with_loopback(settings.admin_listen, router))
+        .map_err(ProcessError::from)?;
+    runtime
+        .block_on(admin::serve_with_loopback(settings.control_listen, control))
         .map_err(ProcessError::from)?;
     // From here a SIGTERM lets the loop finish its transaction and leave the group.
     let shutdown = Shutdown::on_signals(runtime.handle());
