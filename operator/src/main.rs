@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use kartflow_operator::children::control::ControlPeer;
 use kartflow_operator::controller::{self, Context};
 use kartflow_operator::http::{self, Health};
 use kartflow_operator::leader::{self, LeaderSettings};
@@ -18,8 +19,10 @@ use kube::Client;
 #[derive(Debug, Parser)]
 #[command(name = "kartflow-operator", version, about)]
 struct Cli {
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "KARTFLOW_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz (an IPv6 address without brackets, as
+    /// `$(POD_IP):8080` expands on an IPv6 cluster, is taken too).
+    #[arg(long, env = "KARTFLOW_METRICS_LISTEN", default_value = "0.0.0.0:8080",
+          value_parser = kartflow_wire::config::parse_listen)]
     metrics_listen: SocketAddr,
     /// Name of the leader-election Lease.
     #[arg(long, env = "KARTFLOW_LEASE_NAME", default_value = "kartflow-operator")]
@@ -36,6 +39,10 @@ struct Cli {
     /// Only reconcile objects in these namespaces, comma-separated (empty: all namespaces).
     #[arg(long, env = "KARTFLOW_WATCH_NAMESPACES", default_value = "")]
     watch_namespaces: String,
+    /// Labels selecting this operator's pods (`k=v,k=v`): workers' NetworkPolicies open their
+    /// control port to these pods in the operator's namespace. Empty: no NetworkPolicies.
+    #[arg(long, env = "KARTFLOW_OPERATOR_POD_SELECTOR", default_value = "")]
+    operator_pod_selector: String,
     /// Log format on stderr; the level comes from KARTFLOW_LOG (default info).
     #[arg(long, value_enum, env = "KARTFLOW_LOG_FORMAT", default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -45,6 +52,23 @@ struct Cli {
 enum LogFormat {
     Json,
     Text,
+}
+
+/// The operator's own pods as the workers' NetworkPolicies name them; none without a selector.
+fn control_peer(selector: &str, namespace: &str) -> Result<Option<ControlPeer>, String> {
+    let pod_labels = ControlPeer::parse_labels(selector)
+        .map_err(|e| format!("KARTFLOW_OPERATOR_POD_SELECTOR: {e}"))?;
+    if pod_labels.is_empty() {
+        tracing::warn!(
+            "no KARTFLOW_OPERATOR_POD_SELECTOR: workers get no NetworkPolicy (their control \
+             API still needs its token)"
+        );
+        return Ok(None);
+    }
+    Ok(Some(ControlPeer {
+        namespace: namespace.to_owned(),
+        pod_labels,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -143,6 +167,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let client_for_watchdog = client.clone();
     let mut ctx = Context::new(client.clone(), metrics.clone(), &identity);
     ctx.leadership = Some(leader::LeaseCheck::new(client, &settings));
+    ctx.control_peer = control_peer(&cli.operator_pod_selector, &settings.namespace)?;
     let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = async move {

@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kartflow_operator::crd::{InventoryPipeline, ReadModel};
 use kartflow_testkit::cluster::{self, TestNamespace, wait_for};
 use kartflow_testkit::{http, stack};
@@ -318,6 +319,7 @@ async fn every_replica_serves_every_product() {
         assert_eq!(got.len(), PRODUCTS);
         eprintln!("{name} ({addr}) serves all {PRODUCTS} products with the expected inventory");
     }
+    control_api_needs_the_token(&client, &ns).await;
     let rms: Api<ReadModel> = Api::namespaced(client.clone(), &ns);
     let ready = rms
         .get("view")
@@ -333,4 +335,81 @@ async fn every_replica_serves_every_product() {
         &["delete", "namespace", SYSTEM_NS, "--timeout=120s"],
     );
     eprintln!("MEASURE read-model e2e total {:.0?}", started.elapsed());
+}
+
+/// An inventory worker's control API (savepoints) is on its own port and needs the token of the
+/// pipeline's Secret; the admin port stays open. The NetworkPolicy exists (the process node does
+/// not enforce NetworkPolicies, so the token is what this test can see refuse a caller).
+async fn control_api_needs_the_token(client: &kube::Client, ns: &str) {
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .get("shop-worker")
+        .await
+        .expect("NetworkPolicy shop-worker");
+    let rules = serde_json::to_value(np.spec.and_then(|s| s.ingress)).expect("json");
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        SYSTEM_NS,
+        "the control port is open to the operator's namespace: {rules}"
+    );
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("shop-worker-control-token")
+        .await
+        .expect("control token Secret");
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .map(|b| String::from_utf8(b.0).expect("token is text"))
+        .expect("token key");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=shop,app.kubernetes.io/component=inventory"),
+        )
+        .await
+        .expect("listing inventory workers")
+        .items;
+    let ip = pod_ip(pods.first().expect("an inventory worker"));
+    let control = SocketAddr::new(ip, 8081);
+    let body = r#"{"id":"e2e-control"}"#;
+    let (code, answer) = http::request_to(control, "POST", "/v1/savepoints", Some(body))
+        .expect("control port answers");
+    assert_eq!(code, 401, "no token, no savepoint: {answer}");
+    let (code, _) = http::request_with_headers(
+        control,
+        "POST",
+        "/v1/savepoints",
+        &[("Authorization", "Bearer wrong")],
+        Some(body),
+    )
+    .expect("control port answers");
+    assert_eq!(code, 401, "a wrong token is refused");
+    let bearer = format!("Bearer {token}");
+    let (code, answer) = http::request_with_headers(
+        control,
+        "POST",
+        "/v1/savepoints",
+        &[("Authorization", &bearer)],
+        Some(body),
+    )
+    .expect("control port answers");
+    assert_eq!(
+        code, 201,
+        "the operator's token takes a savepoint: {answer}"
+    );
+    assert!(answer.contains("Completed"), "{answer}");
+    let (code, _) = http::request_to(SocketAddr::new(ip, 8080), "GET", "/metrics", None)
+        .expect("admin port answers");
+    assert_eq!(code, 200, "metrics stay open");
+    let (code, _) = http::request_to(
+        SocketAddr::new(ip, 8080),
+        "POST",
+        "/v1/savepoints",
+        Some(body),
+    )
+    .expect("admin port answers");
+    assert!(
+        code == 404 || code == 405,
+        "no savepoints on the admin port: {code}"
+    );
+    eprintln!("control API: 401 without or with a wrong token, 201 with the pipeline's token");
 }

@@ -1,11 +1,14 @@
-//! Children of an `InventoryPipeline`: the worker config, the worker Deployment and the admin
-//! Service.
+//! Children of an `InventoryPipeline`: the worker config, the worker Deployment, the admin
+//! Service and the control API's NetworkPolicy (the token Secret is made by the controller, it
+//! is not rendered from the spec).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kartflow_wire::config::InventoryRules;
 use kartflow_wire::config::inventory::{InventorySettings, Processing, SavepointSettings, Topics};
 
+use super::control::{self, ControlPeer};
 use super::labels::{pod_labels, recommended_labels, selector_labels};
 use super::pod::{self, WorkerPod};
 use super::{
@@ -27,6 +30,8 @@ pub struct PipelineChildren {
     pub deployment: Deployment,
     /// `<name>-worker`, the admin/metrics port.
     pub service: Service,
+    /// `<name>-worker-control-token`: the Secret the workers read their control token from.
+    pub control_token_secret: String,
     /// The pod template's `kartflow.io/spec-hash`: config, image and restart nonce.
     pub spec_hash: String,
 }
@@ -73,6 +78,8 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
         },
         processing: Processing::default(),
         admin_listen: pod::ADMIN_LISTEN,
+        control_listen: control::CONTROL_LISTEN,
+        control_token_file: Some(control::TOKEN_FILE.into()),
     };
     let config_json = render_config(&config)?;
     let hash = spec_hash(&config_json, &spec.image, spec.restart_nonce);
@@ -80,7 +87,11 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
     let labels = recommended_labels(&owner.name, Component::Inventory, &spec.image);
     let selector = selector_labels(&owner.name, Component::Inventory);
 
-    let mut mounts = vec![pod::config_mount(&config_map_name)];
+    let control_token_secret = format!("{deployment_name}-control-token");
+    let mut mounts = vec![
+        pod::config_mount(&config_map_name),
+        control::token_mount(&control_token_secret),
+    ];
     if let Some(r) = bootstrap {
         mounts.push(pod::config_map_key_mount(
             "bootstrap",
@@ -103,6 +114,14 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
         spec_hash: hash.clone(),
         image: spec.image.clone(),
         args: pod::worker_args("inventory"),
+        env: vec![pod::env_value(
+            "KARTFLOW_CONTROL_LISTEN",
+            format!("$(POD_IP):{}", control::CONTROL_PORT),
+        )],
+        ports: vec![pod::container_port(
+            control::CONTROL_PORT_NAME,
+            control::CONTROL_PORT,
+        )],
         mounts,
         resources: spec.resources.clone(),
         node_selector: overrides.node_selector.clone(),
@@ -113,7 +132,6 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
             .filter(|s| !s.is_empty()),
         // Time to abort or finish the open transaction and leave the group cleanly.
         termination_grace_period_seconds: 60,
-        ..WorkerPod::default()
     }
     .into_template();
 
@@ -140,8 +158,31 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
             selector,
             vec![pod::service_port(pod::ADMIN_PORT_NAME, pod::ADMIN_PORT)],
         ),
+        control_token_secret,
         spec_hash: hash,
     })
+}
+
+/// The control token Secret named in [`PipelineChildren::control_token_secret`], holding `token`.
+pub fn control_token(ip: &InventoryPipeline, token: String) -> Result<Secret, BuildError> {
+    let owner = Owner::of(ip)?;
+    let name = format!("{}-control-token", owner.child_name("-worker")?);
+    let labels = recommended_labels(&owner.name, Component::Inventory, &ip.spec.image);
+    Ok(control::token_secret(&owner, name, labels, token))
+}
+
+/// `<name>-worker`: the control port open to `peer` (the operator) only.
+pub fn network_policy(
+    ip: &InventoryPipeline,
+    peer: &ControlPeer,
+) -> Result<NetworkPolicy, BuildError> {
+    let owner = Owner::of(ip)?;
+    let name = owner.child_name("-worker")?;
+    let labels = recommended_labels(&owner.name, Component::Inventory, &ip.spec.image);
+    let selector = selector_labels(&owner.name, Component::Inventory);
+    Ok(control::network_policy(
+        &owner, name, labels, selector, peer,
+    ))
 }
 
 fn topics(t: &PipelineTopics) -> Result<Topics, BuildError> {
@@ -344,7 +385,9 @@ mod tests {
                     "tickIntervalMs": 1000,
                     "createTopics": true
                 },
-                "adminListen": "0.0.0.0:8080"
+                "adminListen": "0.0.0.0:8080",
+                "controlListen": "0.0.0.0:8081",
+                "controlTokenFile": "/etc/kartflow/control-token/token"
             })
         );
         let minimal = config_json(&build(json!({})));
@@ -369,6 +412,67 @@ mod tests {
             kartflow_wire::config::parse_json("config.json".as_ref(), text).expect("parses");
         kartflow_wire::config::WorkerConfig::validate(&parsed).expect("valid");
         assert_eq!(parsed.pipeline, "prod.shop");
+    }
+
+    /// The control API: its own port (pod IP, like the admin port), the token Secret mounted
+    /// read-only, and a NetworkPolicy opening that port to the operator's pods only.
+    #[test]
+    fn the_control_port_is_the_operators_alone() {
+        let ip = pipeline(json!({}));
+        let c = build(json!({}));
+        assert_eq!(c.control_token_secret, "shop-worker-control-token");
+        let t = template(&c);
+        let w = pod::tests::worker(t);
+        assert_eq!(
+            pod::tests::env_of(w, "KARTFLOW_CONTROL_LISTEN").and_then(|e| e.value.as_deref()),
+            Some("$(POD_IP):8081")
+        );
+        let ports: Vec<_> = w
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect();
+        assert!(ports.contains(&(Some("control"), 8081)), "{ports:?}");
+        let mount = pod::tests::mount_at(w, control::TOKEN_DIR).expect("token mounted");
+        assert_eq!(mount.read_only, Some(true));
+        let secret = pod::tests::volume(t, &mount.name)
+            .and_then(|v| v.secret.as_ref())
+            .expect("a Secret volume");
+        assert_eq!(
+            secret.secret_name.as_deref(),
+            Some("shop-worker-control-token")
+        );
+        assert_eq!(secret.default_mode, Some(0o440));
+
+        let token = control_token(&ip, "t".into()).expect("builds");
+        assert_eq!(
+            token.metadata.name.as_deref(),
+            Some("shop-worker-control-token")
+        );
+        assert!(token.metadata.owner_references.is_some());
+
+        let peer = ControlPeer {
+            namespace: "kartflow-system".into(),
+            pod_labels: [("app.kubernetes.io/name".to_owned(), "kartflow".to_owned())].into(),
+        };
+        let np = serde_json::to_value(network_policy(&ip, &peer).expect("builds")).expect("json");
+        assert_eq!(np["metadata"]["name"], "shop-worker");
+        assert_eq!(
+            np["spec"]["podSelector"]["matchLabels"],
+            serde_json::to_value(c.deployment.spec.as_ref().map(|s| &s.selector.match_labels))
+                .expect("json")
+        );
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            np["spec"]["ingress"],
+            json!([
+                {"ports": [{"port": "admin", "protocol": "TCP"}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kartflow-system"}},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kartflow"}}}],
+                 "ports": [{"port": "control", "protocol": "TCP"}]}
+            ])
+        );
     }
 
     #[test]

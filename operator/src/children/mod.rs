@@ -7,6 +7,7 @@
 //! maps it back).
 
 pub mod cdc_source;
+pub mod control;
 pub mod inventory_pipeline;
 pub mod labels;
 pub mod pod;

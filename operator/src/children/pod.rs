@@ -127,7 +127,8 @@ pub fn base_env() -> Vec<EnvVar> {
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("POD_IP", "status.podIP"),
         // Bind the pod IP, not 0.0.0.0: the same on a real cluster, and required on the project's
-        // test node where pods share the host network. (An IPv6 pod IP would need brackets.)
+        // test node where pods share the host network. The workers take an IPv6 pod IP without
+        // brackets, and also listen on loopback for `kubectl port-forward`.
         env_value("KARTFLOW_ADMIN_LISTEN", format!("$(POD_IP):{ADMIN_PORT}")),
         env_value("KARTFLOW_LOG_FORMAT", "json"),
         env_value("KARTFLOW_CONFIG", CONFIG_PATH),

@@ -25,6 +25,9 @@ pub struct Context {
     /// The leader's Lease, re-read before anything destructive; none outside leader election
     /// (tests).
     pub leadership: Option<crate::leader::LeaseCheck>,
+    /// The operator's own pods, the only clients the workers' NetworkPolicies let reach their
+    /// control port; none: no NetworkPolicies (outside a cluster, tests).
+    pub control_peer: Option<crate::children::control::ControlPeer>,
     /// Consecutive failures per object.
     pub(super) backoff: Backoff,
     /// When each object last got a Warning Event for a transient failure, per reason.
@@ -43,6 +46,7 @@ impl Context {
             metrics,
             guard_memory: Mutex::default(),
             leadership: None,
+            control_peer: None,
             connections: tokio::sync::Mutex::default(),
             backoff: Backoff::default(),
             degraded_events: Mutex::default(),

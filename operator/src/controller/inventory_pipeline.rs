@@ -1,8 +1,11 @@
-//! `InventoryPipeline` → worker ConfigMap, Deployment and Service.
+//! `InventoryPipeline` → worker ConfigMap, Deployment and Service, the control token Secret
+//! (made when a worker spec rolls out) and, when the operator knows its own pods, the control
+//! port's NetworkPolicy.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::PostParams;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
@@ -39,16 +42,52 @@ async fn run(ip: Arc<InventoryPipeline>, ctx: Arc<Context>) -> Result<Action, Er
     if let Err(e) = bootstrap_present(&ip, &ctx).await {
         return Err(report_failure(ip.as_ref(), &ctx, previous, e).await);
     }
-    let applied = apply::apply_workload(
-        &ctx.client,
-        &children.config_map,
-        &children.deployment,
-        &children.service,
-    )
+    // A new worker spec (the first included) makes sure the token Secret its pods mount exists;
+    // checked alongside the ConfigMap so a rollout waits one round trip, not two.
+    let rolling = previous.deployed_spec_hash.as_deref() != Some(children.spec_hash.as_str());
+    let applied = async {
+        let token = async {
+            if rolling {
+                ensure_control_token(&ip, &ctx, &children.control_token_secret).await
+            } else {
+                Ok(())
+            }
+        };
+        let config = async {
+            apply::apply(&ctx.client, &children.config_map)
+                .await
+                .map_err(Error::from)
+        };
+        tokio::try_join!(token, config)?;
+        let policy = async {
+            match &ctx.control_peer {
+                Some(peer) => {
+                    let np = children::inventory_pipeline::network_policy(&ip, peer)?;
+                    apply::apply(&ctx.client, &np).await?;
+                    Ok::<_, Error>(())
+                }
+                None => Ok(()),
+            }
+        };
+        let (deployment, _, ()) = tokio::try_join!(
+            async {
+                apply::apply(&ctx.client, &children.deployment)
+                    .await
+                    .map_err(Error::from)
+            },
+            async {
+                apply::apply(&ctx.client, &children.service)
+                    .await
+                    .map_err(Error::from)
+            },
+            policy,
+        )?;
+        Ok::<_, Error>(deployment)
+    }
     .await;
     let deployment = match applied {
         Ok(d) => d,
-        Err(e) => return Err(report_failure(ip.as_ref(), &ctx, previous, e.into()).await),
+        Err(e) => return Err(report_failure(ip.as_ref(), &ctx, previous, e).await),
     };
 
     let desired = if ip.spec.suspend {
@@ -164,6 +203,30 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
+/// The workers' control token Secret: created once with a new token, an existing one kept.
+async fn ensure_control_token(
+    ip: &InventoryPipeline,
+    ctx: &Context,
+    secret: &str,
+) -> Result<(), Error> {
+    let ns = ip.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    if secrets.get_opt(secret).await?.is_some() {
+        return Ok(());
+    }
+    let token = children::control::new_token().map_err(|e| Error::Dependency {
+        what: "the operator's random source".into(),
+        problem: format!("cannot make a control token: {e}"),
+    })?;
+    let desired = children::inventory_pipeline::control_token(ip, token)?;
+    match secrets.create(&PostParams::default(), &desired).await {
+        Ok(_) => Ok(()),
+        // Another reconcile made it first: keep that token.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -172,13 +235,16 @@ mod tests {
 
     use super::*;
     use crate::controller::testing::{
-        self, Script, apply, apply_status, condition, event, get_missing, retry_after, typed,
+        self, Call, Script, apply, apply_status, condition, create, event, get, get_missing,
+        retry_after, typed,
     };
 
     const KIND: &str = "InventoryPipeline";
     const CONFIG_MAP: &str = "/api/v1/namespaces/prod/configmaps/shop-worker-config";
     const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/shop-worker";
     const SERVICE: &str = "/api/v1/namespaces/prod/services/shop-worker";
+    const SECRETS: &str = "/api/v1/namespaces/prod/secrets";
+    const TOKEN: &str = "/api/v1/namespaces/prod/secrets/shop-worker-control-token";
 
     /// A pipeline as the apiserver returns it, `spec` over the required minimum.
     fn pipeline(generation: i64, spec: Value) -> Value {
@@ -204,11 +270,21 @@ mod tests {
     }
 
     /// The calls of applying the worker children; the Deployment rolls out `hash`.
+    /// The control token Secret exists: kept as it is.
     fn children_applied(script: Script, hash: String) -> Script {
+        let token = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "shop-worker-control-token", "namespace": "prod"},
+            "data": {"token": "c2VjcmV0"}});
+        workload_applied(script, vec![get(TOKEN, token)], hash)
+    }
+
+    /// The ConfigMap and the `token` calls (any order), then the Deployment and Service.
+    fn workload_applied(script: Script, token: Vec<Call>, hash: String) -> Script {
+        let config = apply(CONFIG_MAP, "ConfigMap", KIND).body(|b| {
+            assert!(b["data"]["config.json"].is_string(), "{b}");
+        });
         script
-            .then(apply(CONFIG_MAP, "ConfigMap", KIND).body(|b| {
-                assert!(b["data"]["config.json"].is_string(), "{b}");
-            }))
+            .any_order(token.into_iter().chain([config]))
             .any_order([
                 apply(DEPLOYMENT, "Deployment", KIND).body(move |b| {
                     let template = &b["spec"]["template"];
@@ -227,31 +303,43 @@ mod tests {
         let ip = pipeline(1, json!({"parallelism": 2}));
         let hash = spec_hash(&ip);
         let short = hash[..12].to_owned();
-        let script = children_applied(Script::new(), hash.clone())
-            .then(event(&ip, "Normal", "Deployed").body(move |b| {
-                assert_eq!(b["action"], "Apply");
-                assert_eq!(
-                    b["note"],
-                    format!("worker spec {short} applied: 2 worker(s) of kartflow/worker:0.1.0"),
-                );
-            }))
-            .then(apply_status(&ip).body(move |b| {
-                let st = &b["status"];
-                assert_eq!(st["phase"], "Progressing", "{st}");
-                assert_eq!(st["observedGeneration"], 1, "{st}");
-                assert_eq!(st["deployedSpecHash"], hash.as_str(), "{st}");
-                assert_eq!(
-                    (&st["replicas"], &st["readyReplicas"]),
-                    (&json!(0), &json!(0))
-                );
-                assert_eq!(condition(st, "Reconciled")["status"], "True", "{st}");
-                let ready = condition(st, "Ready");
-                assert_eq!(
-                    (&ready["status"], &ready["reason"]),
-                    (&json!("False"), &json!("WorkersNotReady"))
-                );
-                assert_eq!(ready["observedGeneration"], 1, "{st}");
-            }));
+        // A first reconcile makes the control token: 64 hex digits, owned by the pipeline.
+        let make_token = create(SECRETS, "Secret").body(|b| {
+            let token = b["stringData"]["token"].as_str().unwrap_or_default();
+            assert_eq!(token.len(), 64, "{b}");
+            assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{b}");
+            assert_eq!(b["metadata"]["name"], "shop-worker-control-token", "{b}");
+            assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], KIND, "{b}");
+        });
+        let script = workload_applied(
+            Script::new(),
+            vec![get_missing(TOKEN), make_token],
+            hash.clone(),
+        )
+        .then(event(&ip, "Normal", "Deployed").body(move |b| {
+            assert_eq!(b["action"], "Apply");
+            assert_eq!(
+                b["note"],
+                format!("worker spec {short} applied: 2 worker(s) of kartflow/worker:0.1.0"),
+            );
+        }))
+        .then(apply_status(&ip).body(move |b| {
+            let st = &b["status"];
+            assert_eq!(st["phase"], "Progressing", "{st}");
+            assert_eq!(st["observedGeneration"], 1, "{st}");
+            assert_eq!(st["deployedSpecHash"], hash.as_str(), "{st}");
+            assert_eq!(
+                (&st["replicas"], &st["readyReplicas"]),
+                (&json!(0), &json!(0))
+            );
+            assert_eq!(condition(st, "Reconciled")["status"], "True", "{st}");
+            let ready = condition(st, "Ready");
+            assert_eq!(
+                (&ready["status"], &ready["reason"]),
+                (&json!("False"), &json!("WorkersNotReady"))
+            );
+            assert_eq!(ready["observedGeneration"], 1, "{st}");
+        }));
         let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
         assert_eq!(
             r.result.as_ref().expect("reconciles"),
@@ -326,7 +414,8 @@ mod tests {
             "deployedSpecHash": hash,
         });
         // No Deployed Event and no status write: the status is what this reconcile computes.
-        let script = children_applied(Script::new(), hash);
+        // No rollout: the token Secret is not looked at.
+        let script = workload_applied(Script::new(), Vec::new(), hash);
         let r = testing::reconcile(script, |ctx| reconcile(typed(&ip), ctx)).await;
         assert!(r.result.is_ok(), "{:?}", r.result);
     }

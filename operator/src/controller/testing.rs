@@ -159,6 +159,13 @@ pub(crate) fn get_missing(path: impl Into<String>) -> Call {
     Call::new(Method::GET, path, not_found())
 }
 
+/// `POST collection` creating an object of `kind`; answered with what was sent.
+pub(crate) fn create(collection: impl Into<String>, kind: &'static str) -> Call {
+    Call::new(Method::POST, collection, Reply::Echo).body(move |b| {
+        assert_eq!(b["kind"], kind, "{b}");
+    })
+}
+
 /// `DELETE path`, background propagation.
 pub(crate) fn delete(path: impl Into<String>) -> Call {
     Call::new(
