@@ -42,6 +42,64 @@ fn resolve(
         .unwrap_or_default()
 }
 
+/// The local S3-compatible store (`hack/s3/s3.sh`) for savepoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `http://host:port`.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Settings {
+    /// The `AWS_*` variables a worker reads for `s3://` savepoint URLs (plain HTTP on loopback,
+    /// path-style requests).
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+}
+
+/// The S3 settings in force (environment first, then `hack/stack.env`), after checking the
+/// server accepts connections.
+///
+/// # Panics
+/// When nothing listens at the endpoint, with a message saying how to start it.
+#[track_caller]
+pub fn s3() -> S3Settings {
+    let defaults = parse_env_file(STACK_ENV);
+    let env = |k: &str| std::env::var(k).ok();
+    let s = S3Settings {
+        endpoint: resolve(&defaults, "S3_ENDPOINT", env),
+        bucket: resolve(&defaults, "S3_BUCKET", env),
+        region: resolve(&defaults, "S3_REGION", env),
+        access_key: resolve(&defaults, "S3_ACCESS_KEY", env),
+        secret_key: resolve(&defaults, "S3_SECRET_KEY", env),
+    };
+    let host_port = s.endpoint.trim_start_matches("http://");
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    assert!(
+        reachable,
+        "no S3 server at {} (S3_ENDPOINT). This test needs the local one: start the local stack \
+         with `make dev-up` (`make test` does this itself)",
+        s.endpoint
+    );
+    s
+}
+
 /// The settings in force: environment first, then `hack/stack.env`.
 pub fn settings() -> Settings {
     let defaults = parse_env_file(STACK_ENV);

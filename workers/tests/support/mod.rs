@@ -240,6 +240,7 @@ pub struct Worker {
     config_path: PathBuf,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
     pub starts: u32,
 }
@@ -261,6 +262,7 @@ impl Worker {
             config_path,
             log_path: dir.path.join(format!("{instance}.log")),
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -269,6 +271,12 @@ impl Worker {
     /// Extra arguments of `kartflow-worker inventory` (e.g. `--from-savepoint URL`).
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra_args = args.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// Extra environment of the process (e.g. the `AWS_*` settings of an `s3://` store).
+    pub fn with_env(mut self, vars: &[(String, String)]) -> Self {
+        self.extra_env = vars.to_vec();
         self
     }
 
@@ -293,6 +301,7 @@ impl Worker {
             .arg(&self.config_path)
             .args(["--instance-id", &self.instance])
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("KARTFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdin(Stdio::null())
             .stdout(log)
