@@ -207,7 +207,7 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64, f64)
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("max.partition.fetch.bytes", "4194304")
-        .set("queued.max.messages.kbytes", "65536")
+        .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("consumer");
