@@ -613,6 +613,66 @@ fn core_cost(n: usize) {
     );
 }
 
+/// GET `/products/{id}` load on `r`, pinned to CPU 0: requests/s, client p50 and p99 (ms), and
+/// the p99 bucket bound of the replica's own histogram (ms).
+fn get_load(r: &Replica, a: &Args, rt: &tokio::runtime::Runtime) -> (f64, f64, f64, f64) {
+    // One core for the replica (all its threads); the load generator runs on the other.
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &r.child.id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(pinned, "taskset could not pin the replica to CPU 0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..a.get_connections)
+        .map(|i| {
+            rt.spawn(get_loop(
+                r.http,
+                a.products,
+                stop.clone(),
+                0x1234_5678 + i as u64,
+            ))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(a.get_seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<f64> = Vec::new();
+    for t in tasks {
+        lat.extend(rt.block_on(t).expect("loader"));
+    }
+    lat.sort_by(f64::total_cmp);
+    let rps = lat.len() as f64 / a.get_seconds as f64;
+    let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
+    let server_p99 = {
+        // The replica's own histogram (route /products/{id}), bucket upper bound.
+        let (_, body) =
+            kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("kartflow_read_model_http_request_seconds_bucket")
+                    && l.contains("route=\"/products/{id}\"")
+            })
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= 0.99 * total)
+            .map(|b| b.0 * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    (rps, p50, p99, server_p99)
+}
+
 fn main() {
     let a = parse_args();
     if std::env::args().any(|a| a == "--core-only") {
@@ -635,6 +695,7 @@ fn main() {
     let mut report = BTreeMap::new();
     let mut md = String::from("| measure | value |\n| --- | --- |\n");
     let mut get_replica: Option<Replica> = None;
+    let mut get_topic: Option<String> = None;
 
     for &parts in &a.partitions {
         let topic = format!("bench-rm-{parts}p-{}", now_ms());
@@ -734,64 +795,12 @@ fn main() {
         // The replica of the first topic stays up for the GET benchmark.
         if get_replica.is_none() {
             get_replica = Some(r);
+            get_topic = Some(topic.clone());
         }
     }
 
     if let Some(r) = &get_replica {
-        // One core for the replica (all its threads); the load generator runs on the other.
-        let pinned = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &r.child.id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(pinned, "taskset could not pin the replica to CPU 0");
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..a.get_connections)
-            .map(|i| {
-                rt.spawn(get_loop(
-                    r.http,
-                    a.products,
-                    stop.clone(),
-                    0x1234_5678 + i as u64,
-                ))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(a.get_seconds));
-        stop.store(true, Ordering::Relaxed);
-        let mut lat: Vec<f64> = Vec::new();
-        for t in tasks {
-            lat.extend(rt.block_on(t).expect("loader"));
-        }
-        lat.sort_by(f64::total_cmp);
-        let rps = lat.len() as f64 / a.get_seconds as f64;
-        let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
-        let server_p99 = {
-            // The replica's own histogram (route /products/{id}), bucket upper bound.
-            let (_, body) =
-                kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
-            let buckets: Vec<(f64, f64)> = body
-                .lines()
-                .filter(|l| {
-                    l.starts_with("kartflow_read_model_http_request_seconds_bucket")
-                        && l.contains("route=\"/products/{id}\"")
-                })
-                .filter_map(|l| {
-                    let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                    let le = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().ok()?
-                    };
-                    Some((le, l.rsplit(' ').next()?.parse().ok()?))
-                })
-                .collect();
-            let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-            buckets
-                .iter()
-                .find(|(_, c)| *c >= 0.99 * total)
-                .map(|b| b.0 * 1e3)
-                .unwrap_or(f64::NAN)
-        };
+        let (rps, p50, p99, server_p99) = get_load(r, &a, &rt);
         eprintln!(
             "GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)"
         );
@@ -808,6 +817,17 @@ fn main() {
         );
     }
     drop(get_replica);
+    if let (Some(other), Some(topic)) = (&a.compare_bin, &get_topic) {
+        // The compared build under the same GET load, right after, on the same topic.
+        let (r, _, _) = restore(other, &bootstrap, &dir, "get-compare", topic);
+        let (rps, p50, p99, server_p99) = get_load(&r, &a, &rt);
+        eprintln!(
+            "compared build, GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)"
+        );
+        md.push_str(&format!(
+            "| compared build: GET /products/{{id}} requests/s, p50 / p99 (client) | {rps:.0} requests/s, {p50:.3} ms / {p99:.3} ms |\n"
+        ));
+    }
 
     if a.ws_clients > 0 {
         let w = websocket(&bootstrap, &dir, &a, &rt);
