@@ -186,9 +186,14 @@ impl View {
 
     /// A served product (one with a document).
     pub fn get(&self, id: &str) -> Option<(&ProductId, &Entry)> {
-        self.products
-            .get_key_value(id)
-            .filter(|(_, e)| e.doc.is_some())
+        // A short id is looked up as a ProductId (a copy, no allocation): keys then compare as
+        // bytes, where a `&str` lookup would check the UTF-8 of every key compared on the way.
+        let found = if id.len() <= id::INLINE {
+            self.products.get_key_value(&ProductId::new(id))
+        } else {
+            self.products.get_key_value(id)
+        };
+        found.filter(|(_, e)| e.doc.is_some())
     }
 
     /// Every entry, including those without a document, in productId order.
