@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use kartflow_wire::{Alert, AlertType, InventoryEvent, Severity};
-
-use super::id::ProductId;
 use serde::Deserialize;
 use thiserror::Error;
+
+use super::id::ProductId;
 
 /// Which input a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,9 +208,11 @@ struct BorrowedProduct<'a> {
 const SHARED_STRINGS_MAX: usize = 10_000;
 
 /// FNV-1a, for the sets of interned categories and brands: they are looked up twice per product
-/// record, and for strings of a few bytes SipHash (std's default) costs several times more. The
-/// values come from the `products` topic the pipeline itself writes, and both sets are bounded,
-/// so the lack of DoS resistance costs nothing here.
+/// record on the decoding thread and twice under the view's lock, and for strings of a few bytes
+/// SipHash (std's default) costs several times more. FNV is not DoS-resistant; that is acceptable
+/// because the values come from the `products` topic the pipeline itself writes, and the sets
+/// hold one entry per distinct category or brand (the decoding threads' at most
+/// `SHARED_STRINGS_MAX`).
 #[derive(Clone, Copy)]
 pub struct Fnv(u64);
 
