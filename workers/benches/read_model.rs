@@ -48,6 +48,9 @@ struct Args {
     ws_products: usize,
     ws_rate: usize,
     ws_seconds: u64,
+    /// Another build of `kartflow-worker` restored in the same rounds (e.g. the previous
+    /// commit's), for a before/after comparison against the same baseline.
+    compare_bin: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +64,7 @@ fn parse_args() -> Args {
         ws_products: 1_000,
         ws_rate: 5_000,
         ws_seconds: 10,
+        compare_bin: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -82,6 +86,7 @@ fn parse_args() -> Args {
             "--ws-products" => a.ws_products = n() as usize,
             "--ws-rate" => a.ws_rate = n() as usize,
             "--ws-seconds" => a.ws_seconds = n(),
+            "--compare-bin" => a.compare_bin = Some(v.clone()),
             _ => {} // cargo bench passes --bench
         }
         i += 1;
@@ -193,7 +198,7 @@ fn fill(bootstrap: &str, topic: &str, n: usize) -> u64 {
 }
 
 /// Baseline: assign every partition from the beginning and read to the end; records/s.
-fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
+fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64, f64) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "kartflow-bench-raw")
@@ -202,11 +207,12 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("max.partition.fetch.bytes", "4194304")
-        .set("queued.max.messages.kbytes", "65536")
+        .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("consumer");
     let start = Instant::now();
+    let cpu_start = cpu_seconds(std::process::id());
     // As the replica does: capture the end offsets, then read until every partition reached
     // them (not until end-of-partition events, which can trail the last record by a fetch wait).
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
@@ -240,11 +246,28 @@ fn raw_consume(bootstrap: &str, topic: &str, partitions: i32) -> (f64, u64) {
         }
     }
     let total = start.elapsed();
+    let cpu = cpu_seconds(std::process::id()) - cpu_start;
     eprintln!(
-        "  raw consumer: first record after {:?}, {records} records in {total:?}",
+        "  raw consumer: first record after {:?}, {records} records in {total:?}, {cpu:.2} CPU s",
         first.unwrap_or_default()
     );
-    (records as f64 / total.as_secs_f64(), records)
+    (records as f64 / total.as_secs_f64(), records, cpu)
+}
+
+/// User + system CPU seconds of a process so far (all its threads), from `/proc/<pid>/stat`.
+/// Less noisy than wall time on shared cores: it says what a restore costs, not what the
+/// neighbours left of the machine.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -280,6 +303,22 @@ impl Drop for Replica {
 }
 
 fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str) -> Replica {
+    start_replica_bin(
+        env!("CARGO_BIN_EXE_kartflow-worker"),
+        bootstrap,
+        dir,
+        name,
+        topic,
+    )
+}
+
+fn start_replica_bin(
+    bin: &str,
+    bootstrap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    topic: &str,
+) -> Replica {
     let (http, admin) = (free_port(), free_port());
     let config = json!({
         "readModel": "bench.view",
@@ -293,7 +332,6 @@ fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, config.to_string()).expect("config");
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-    let bin = env!("CARGO_BIN_EXE_kartflow-worker");
     let child = Command::new(bin)
         .args(["read-model", "--config"])
         .arg(&path)
@@ -303,6 +341,30 @@ fn start_replica(bootstrap: &str, dir: &std::path::Path, name: &str, topic: &str
         .spawn()
         .expect("spawn the replica");
     Replica { child, http, admin }
+}
+
+/// Spawns `bin` as a replica of `topic` and waits for `/readyz`: the replica, seconds from spawn
+/// to ready, and the CPU seconds it used until then.
+fn restore(
+    bin: &str,
+    bootstrap: &str,
+    dir: &std::path::Path,
+    name: &str,
+    topic: &str,
+) -> (Replica, f64, f64) {
+    let spawn = Instant::now();
+    let mut r = start_replica_bin(bin, bootstrap, dir, name, topic);
+    while !ready(r.admin) {
+        assert!(
+            r.child.try_wait().expect("wait").is_none(),
+            "replica exited; see {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = spawn.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(r.child.id());
+    (r, took, cpu)
 }
 
 fn ready(port: u16) -> bool {
@@ -551,6 +613,66 @@ fn core_cost(n: usize) {
     );
 }
 
+/// GET `/products/{id}` load on `r`, pinned to CPU 0: requests/s, client p50 and p99 (ms), and
+/// the p99 bucket bound of the replica's own histogram (ms).
+fn get_load(r: &Replica, a: &Args, rt: &tokio::runtime::Runtime) -> (f64, f64, f64, f64) {
+    // One core for the replica (all its threads); the load generator runs on the other.
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &r.child.id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(pinned, "taskset could not pin the replica to CPU 0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..a.get_connections)
+        .map(|i| {
+            rt.spawn(get_loop(
+                r.http,
+                a.products,
+                stop.clone(),
+                0x1234_5678 + i as u64,
+            ))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(a.get_seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<f64> = Vec::new();
+    for t in tasks {
+        lat.extend(rt.block_on(t).expect("loader"));
+    }
+    lat.sort_by(f64::total_cmp);
+    let rps = lat.len() as f64 / a.get_seconds as f64;
+    let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
+    let server_p99 = {
+        // The replica's own histogram (route /products/{id}), bucket upper bound.
+        let (_, body) =
+            kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("kartflow_read_model_http_request_seconds_bucket")
+                    && l.contains("route=\"/products/{id}\"")
+            })
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= 0.99 * total)
+            .map(|b| b.0 * 1e3)
+            .unwrap_or(f64::NAN)
+    };
+    (rps, p50, p99, server_p99)
+}
+
 fn main() {
     let a = parse_args();
     if std::env::args().any(|a| a == "--core-only") {
@@ -558,6 +680,9 @@ fn main() {
         return;
     }
     let bootstrap = kartflow_testkit::kafka_bootstrap();
+    // Deletes the topics this run created when main returns or a step panics (a failed assert
+    // must not leave gigabytes of topics on the shared broker).
+    let _cleanup = Cleanup(bootstrap.clone());
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out_dir).expect("target/bench");
     let dir = std::env::temp_dir().join(format!("kartflow-bench-rm-{}", std::process::id()));
@@ -570,6 +695,7 @@ fn main() {
     let mut report = BTreeMap::new();
     let mut md = String::from("| measure | value |\n| --- | --- |\n");
     let mut get_replica: Option<Replica> = None;
+    let mut get_topic: Option<String> = None;
 
     for &parts in &a.partitions {
         let topic = format!("bench-rm-{parts}p-{}", now_ms());
@@ -581,29 +707,45 @@ fn main() {
         let mut raw_rate: f64 = 0.0;
         let mut secs = f64::INFINITY;
         let mut kept: Option<Replica> = None;
+        let (mut raw_cpu, mut replica_cpu) = (f64::INFINITY, f64::INFINITY);
+        let mut rounds_md: Vec<String> = Vec::new();
+        let mut compare_secs = f64::INFINITY;
+        let mut compare_cpu = f64::INFINITY;
+        let mut compare_rounds: Vec<String> = Vec::new();
         for round in 0..a.rounds.max(1) {
             drop(kept.take());
-            let (rate, records) = raw_consume(&bootstrap, &topic, parts);
+            let (rate, records, cpu) = raw_consume(&bootstrap, &topic, parts);
             assert_eq!(records as usize, a.products);
             raw_rate = raw_rate.max(rate);
-            let spawn = Instant::now();
-            let mut r = start_replica(
-                &bootstrap,
-                &dir,
-                &format!("restore-{parts}-{round}"),
-                &topic,
-            );
-            while !ready(r.admin) {
-                assert!(
-                    r.child.try_wait().expect("wait").is_none(),
-                    "replica exited; see {}",
-                    dir.display()
+            raw_cpu = raw_cpu.min(cpu);
+            eprintln!("  round {round}: raw {rate:.0}/s, {cpu:.2} CPU s");
+            // The compared build first, so the replica kept (for RSS and GET) is this build's.
+            if let Some(other) = &a.compare_bin {
+                let name = format!("compare-{parts}-{round}");
+                let (r, took, cpu) = restore(other, &bootstrap, &dir, &name, &topic);
+                let rss = rss_kib(r.child.id()) as f64 / 1024.0;
+                drop(r);
+                let ratio = a.products as f64 / took / rate;
+                eprintln!(
+                    "  round {round}: compared build ready in {took:.2}s ({:.0} % of this round's raw), {cpu:.2} CPU s, RSS {rss:.0} MiB",
+                    ratio * 100.0
                 );
-                std::thread::sleep(Duration::from_millis(10));
+                compare_rounds.push(format!("{took:.2} s = {:.0} %", ratio * 100.0));
+                compare_secs = compare_secs.min(took);
+                compare_cpu = compare_cpu.min(cpu);
             }
-            let took = spawn.elapsed().as_secs_f64();
-            eprintln!("  round {round}: raw {rate:.0}/s, replica ready in {took:.2}s");
+            let bin = env!("CARGO_BIN_EXE_kartflow-worker");
+            let name = format!("restore-{parts}-{round}");
+            let (r, took, cpu) = restore(bin, &bootstrap, &dir, &name, &topic);
+            let ratio = a.products as f64 / took / rate;
+            eprintln!(
+                "  round {round}: replica ready in {took:.2}s ({:.0} % of this round's raw), {cpu:.2} CPU s, RSS {:.0} MiB",
+                ratio * 100.0,
+                rss_kib(r.child.id()) as f64 / 1024.0
+            );
+            rounds_md.push(format!("{took:.2} s = {:.0} %", ratio * 100.0));
             secs = secs.min(took);
+            replica_cpu = replica_cpu.min(cpu);
             kept = Some(r);
         }
         let r = kept.expect("at least one round");
@@ -618,83 +760,47 @@ fn main() {
             "{parts} partitions: raw {raw_rate:.0}/s, replica {rate:.0}/s ({:.0} %), ready in {secs:.2}s, RSS {rss:.0} MiB, view ≈ {view:.0} MiB, JSON {raw_mib:.0} MiB",
             ratio * 100.0
         );
+        let us = |cpu: f64| cpu * 1e6 / a.products as f64;
         md.push_str(&format!(
-            "| restore {n} products, {parts} partitions: raw consumer | {raw_rate:.0} records/s |\n\
-             | restore {n} products, {parts} partitions: replica to Ready | {rate:.0} records/s ({secs:.2} s) |\n\
+            "| restore {n} products, {parts} partitions: raw consumer | {raw_rate:.0} records/s; {:.2} CPU µs per record |\n\
+             | restore {n} products, {parts} partitions: replica to Ready | {rate:.0} records/s ({secs:.2} s; rounds {}); {:.2} CPU µs per record |\n\
              | **ratio replica / raw, {parts} partitions** | **{:.0} %** (target ≥ 50 %) |\n\
              | RSS after restore / view estimate / raw JSON, {parts} partitions | {rss:.0} MiB / {view:.0} MiB / {raw_mib:.0} MiB ({:.2}× / {:.2}× the JSON) |\n",
+            us(raw_cpu),
+            rounds_md.join(" / "),
+            us(replica_cpu),
             ratio * 100.0,
             rss / raw_mib,
             view / raw_mib,
             n = a.products,
         ));
+        if a.compare_bin.is_some() {
+            md.push_str(&format!(
+                "| compared build, {parts} partitions | {:.0} records/s ({compare_secs:.2} s; rounds {}); {:.2} CPU µs per record; ratio **{:.0} %** |\n",
+                a.products as f64 / compare_secs,
+                compare_rounds.join(" / "),
+                us(compare_cpu),
+                a.products as f64 / compare_secs / raw_rate * 100.0,
+            ));
+        }
         report.insert(
             format!("restore_{parts}p"),
             json!({"products": a.products, "partitions": parts, "raw_records_per_s": raw_rate,
                 "replica_records_per_s": rate, "ratio": ratio, "ready_seconds": secs,
+                "rounds": rounds_md, "raw_cpu_s": raw_cpu, "replica_cpu_s": replica_cpu,
+                "compare_ready_seconds": a.compare_bin.as_ref().map(|_| compare_secs),
+                "compare_rounds": compare_rounds,
                 "rss_mib": rss, "view_estimate_mib": view, "json_mib": raw_mib}),
         );
         // The replica of the first topic stays up for the GET benchmark.
         if get_replica.is_none() {
             get_replica = Some(r);
+            get_topic = Some(topic.clone());
         }
     }
 
     if let Some(r) = &get_replica {
-        // One core for the replica (all its threads); the load generator runs on the other.
-        let pinned = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &r.child.id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(pinned, "taskset could not pin the replica to CPU 0");
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..a.get_connections)
-            .map(|i| {
-                rt.spawn(get_loop(
-                    r.http,
-                    a.products,
-                    stop.clone(),
-                    0x1234_5678 + i as u64,
-                ))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(a.get_seconds));
-        stop.store(true, Ordering::Relaxed);
-        let mut lat: Vec<f64> = Vec::new();
-        for t in tasks {
-            lat.extend(rt.block_on(t).expect("loader"));
-        }
-        lat.sort_by(f64::total_cmp);
-        let rps = lat.len() as f64 / a.get_seconds as f64;
-        let (p50, p99) = (percentile(&lat, 0.5) * 1e3, percentile(&lat, 0.99) * 1e3);
-        let server_p99 = {
-            // The replica's own histogram (route /products/{id}), bucket upper bound.
-            let (_, body) =
-                kartflow_testkit::http::request(r.admin, "GET", "/metrics", None).expect("metrics");
-            let buckets: Vec<(f64, f64)> = body
-                .lines()
-                .filter(|l| {
-                    l.starts_with("kartflow_read_model_http_request_seconds_bucket")
-                        && l.contains("route=\"/products/{id}\"")
-                })
-                .filter_map(|l| {
-                    let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                    let le = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().ok()?
-                    };
-                    Some((le, l.rsplit(' ').next()?.parse().ok()?))
-                })
-                .collect();
-            let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-            buckets
-                .iter()
-                .find(|(_, c)| *c >= 0.99 * total)
-                .map(|b| b.0 * 1e3)
-                .unwrap_or(f64::NAN)
-        };
+        let (rps, p50, p99, server_p99) = get_load(r, &a, &rt);
         eprintln!(
             "GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)"
         );
@@ -711,6 +817,17 @@ fn main() {
         );
     }
     drop(get_replica);
+    if let (Some(other), Some(topic)) = (&a.compare_bin, &get_topic) {
+        // The compared build under the same GET load, right after, on the same topic.
+        let (r, _, _) = restore(other, &bootstrap, &dir, "get-compare", topic);
+        let (rps, p50, p99, server_p99) = get_load(&r, &a, &rt);
+        eprintln!(
+            "compared build, GET /products/{{id}}: {rps:.0} req/s, p50 {p50:.3} ms, p99 {p99:.3} ms (server p99 ≤ {server_p99} ms)"
+        );
+        md.push_str(&format!(
+            "| compared build: GET /products/{{id}} requests/s, p50 / p99 (client) | {rps:.0} requests/s, {p50:.3} ms / {p99:.3} ms |\n"
+        ));
+    }
 
     if a.ws_clients > 0 {
         let w = websocket(&bootstrap, &dir, &a, &rt);
@@ -755,5 +872,15 @@ fn main() {
     )
     .expect("write json");
     let _ = std::fs::remove_dir_all(&dir);
-    delete_topics(&bootstrap, &CREATED.with(|c| c.borrow().clone()));
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let names = CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        if !names.is_empty() {
+            delete_topics(&self.0, &names);
+        }
+    }
 }

@@ -7,8 +7,8 @@
 //! taking changes (they wait in the view's bounded change log, see `ws`).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 
+use super::id::ProductId;
 use super::view::ProductDoc;
 
 /// What [`Pending::push`] did.
@@ -23,8 +23,8 @@ pub enum Push {
 
 #[derive(Debug)]
 pub struct Pending {
-    order: VecDeque<Arc<str>>,
-    waiting: HashSet<Arc<str>>,
+    order: VecDeque<ProductId>,
+    waiting: HashSet<ProductId>,
     capacity: usize,
 }
 
@@ -37,7 +37,7 @@ impl Pending {
         }
     }
 
-    pub fn push(&mut self, id: &Arc<str>) -> Push {
+    pub fn push(&mut self, id: &ProductId) -> Push {
         if self.waiting.contains(id) {
             return Push::Conflated;
         }
@@ -50,7 +50,7 @@ impl Pending {
     }
 
     /// The product waiting longest.
-    pub fn pop(&mut self) -> Option<Arc<str>> {
+    pub fn pop(&mut self) -> Option<ProductId> {
         let id = self.order.pop_front()?;
         self.waiting.remove(&id);
         Some(id)
@@ -117,9 +117,10 @@ impl Subscription {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
-    fn id(s: &str) -> Arc<str> {
-        Arc::from(s)
+    fn id(s: &str) -> ProductId {
+        ProductId::new(s)
     }
 
     #[test]
@@ -140,14 +141,7 @@ mod tests {
 
     #[test]
     fn subscriptions_match_ids_and_categories() {
-        let doc = |cat: &str| ProductDoc {
-            name: "n".into(),
-            category: Arc::from(cat),
-            brand: Arc::from("b"),
-            price: 1.0,
-            inventory: 1,
-            raw: "{}".into(),
-        };
+        let doc = |cat: &str| ProductDoc::new("{}", "n", Arc::from(cat), Arc::from("b"), 1.0, 1);
         let all = Subscription::from_lists(&[], &[" ".into()]);
         assert_eq!(all, Subscription::All);
         let some = Subscription::from_lists(&["P1,P2".into()], &["toys".into()]);

@@ -186,7 +186,7 @@ async fn list_products(
             body.push(',');
         }
         if let Some(d) = &e.doc {
-            render::write_product(&mut body, &d.raw, e.last_update);
+            render::write_product(&mut body, d.raw(), e.last_update);
         }
     }
     body.push_str("],\"count\":");

@@ -11,6 +11,7 @@
 pub mod conflate;
 pub mod consume;
 pub mod http;
+pub mod id;
 pub mod metrics;
 pub mod offsets;
 pub mod query;

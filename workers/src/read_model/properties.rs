@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kartflow_wire::Severity;
 use proptest::prelude::*;
 
+use super::id::ProductId;
 use super::record::Change;
 use super::view::testutil::{alert, event, product};
 use super::view::{Entry, Limits, Position, View};
@@ -27,7 +28,7 @@ fn change(op: &Op) -> Change {
     let id = format!("P{}", op.product);
     match op.stream {
         0 if op.n % 7 == 0 => Change::Product {
-            id,
+            id: ProductId::new(&id),
             fields: None,
             timestamp: op.n,
         },
@@ -62,17 +63,12 @@ fn apply_all(ops: &[(Op, i64)], limits: Limits) -> View {
     v
 }
 
-/// What must agree: every entry without its replica-local version, the positions, and the
-/// recent alerts as a multiset.
+/// What must agree: every entry, the positions, and the recent alerts as a multiset.
 fn observable(v: &View) -> (BTreeMap<String, Entry>, String, Vec<String>) {
     let entries = v
         .entries()
         .iter()
-        .map(|(k, e)| {
-            let mut e = e.clone();
-            e.version = 0;
-            (k.to_string(), e)
-        })
+        .map(|(k, e)| (k.to_string(), e.clone()))
         .collect();
     let mut alerts: Vec<String> = v
         .recent_alerts()

@@ -9,11 +9,11 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::id::ProductId;
 use super::view::{Entry, ProductDoc, View};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -98,7 +98,7 @@ impl SortValue {
     fn of(key: SortKey, id: &str, e: &Entry, d: &ProductDoc) -> Self {
         match key {
             SortKey::ProductId => Self::Text(id.to_owned()),
-            SortKey::Name => Self::Text(d.name.to_string()),
+            SortKey::Name => Self::Text(d.name().to_string()),
             SortKey::Price => Self::Num(d.price),
             SortKey::Inventory => Self::Int(d.inventory),
             SortKey::LastUpdate => Self::Int(e.last_update),
@@ -245,14 +245,14 @@ impl ListQuery {
 /// One page of products, in order.
 #[derive(Debug)]
 pub struct Page<'a> {
-    pub items: Vec<(&'a Arc<str>, &'a Entry)>,
+    pub items: Vec<(&'a ProductId, &'a Entry)>,
     pub next: Option<Cursor>,
 }
 
 /// An item with its sort value, ordered as the page wants it.
 struct Ranked<'a> {
     value: SortValue,
-    id: &'a Arc<str>,
+    id: &'a ProductId,
     entry: &'a Entry,
     descending: bool,
 }
@@ -286,13 +286,13 @@ impl Ord for Ranked<'_> {
 
 pub fn list<'a>(view: &'a View, q: &ListQuery) -> Page<'a> {
     let want = q.limit + 1;
-    let served = |(id, e): (&'a Arc<str>, &'a Entry)| {
+    let served = |(id, e): (&'a ProductId, &'a Entry)| {
         e.doc
             .as_ref()
             .filter(|d| q.filter.matches(d))
             .map(|_| (id, e))
     };
-    let mut items: Vec<(&Arc<str>, &Entry)> = if q.sort == SortKey::ProductId {
+    let mut items: Vec<(&ProductId, &Entry)> = if q.sort == SortKey::ProductId {
         let after = q.after.as_ref().map(|c| c.id.as_str());
         let entries = view.entries();
         if q.descending {
@@ -327,7 +327,7 @@ pub fn list<'a>(view: &'a View, q: &ListQuery) -> Page<'a> {
                 let o = r
                     .value
                     .cmp(&c.value)
-                    .then_with(|| (**id).cmp(c.id.as_str()));
+                    .then_with(|| id.as_str().cmp(c.id.as_str()));
                 let after = if q.descending {
                     o == Ordering::Less
                 } else {

@@ -13,6 +13,8 @@ use kartflow_wire::{Alert, AlertType, InventoryEvent, Severity};
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::id::ProductId;
+
 /// Which input a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Input {
@@ -34,17 +36,88 @@ impl Input {
     }
 }
 
-/// The fields of a product the view indexes; the rest stays in `raw`.
+/// A product's document and the fields the view indexes.
+///
+/// One allocation per product: the record's JSON text, and only when the name has escapes (so
+/// is not a substring of it) the unescaped name after it. The name is a range of that text, so
+/// keeping it for sorting costs no allocation of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductFields {
-    pub name: String,
+    text: Box<str>,
+    name_at: u32,
+    name_len: u32,
     /// Shared with every other product of the category decoded on this thread (see [`shared`]).
     pub category: Arc<str>,
     pub brand: Arc<str>,
     pub price: f64,
     pub inventory: i64,
-    /// The record's JSON object, trimmed.
-    pub raw: String,
+}
+
+impl ProductFields {
+    /// `raw` is the record's JSON object (trimmed); `name` its decoded name, which points into
+    /// `raw` when it had no escapes (serde borrows it from the input then).
+    pub fn new(
+        raw: &str,
+        name: &str,
+        category: Arc<str>,
+        brand: Arc<str>,
+        price: f64,
+        inventory: i64,
+    ) -> Self {
+        let base = raw.as_ptr() as usize;
+        let at = (name.as_ptr() as usize).wrapping_sub(base);
+        // Inside `raw` (pointer arithmetic on addresses only, nothing dereferenced): a range of
+        // it, which never reaches the end of the text (a JSON string is followed by at least its
+        // closing quote; `raw` relies on that). An empty name needs no range; anything else is
+        // appended.
+        let inside = !name.is_empty() && at < raw.len() && name.len() < raw.len() - at;
+        let (text, at) = if name.is_empty() {
+            (Box::<str>::from(raw), 0)
+        } else if inside {
+            (Box::<str>::from(raw), at)
+        } else {
+            let mut t = String::with_capacity(raw.len() + name.len());
+            t.push_str(raw);
+            t.push_str(name);
+            (t.into_boxed_str(), raw.len())
+        };
+        // Kafka records are far below 4 GiB; a larger one could not have been fetched.
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            text,
+            name_at: to_u32(at),
+            name_len: to_u32(name.len()),
+            category,
+            brand,
+            price,
+            inventory,
+        }
+    }
+
+    fn name_range(&self) -> std::ops::Range<usize> {
+        let at = self.name_at as usize;
+        at..at + self.name_len as usize
+    }
+
+    /// The record's JSON object as received (trimmed): what is served.
+    pub fn raw(&self) -> &str {
+        let name = self.name_range();
+        // An appended name ends the text; a name inside the JSON never does (a quote follows).
+        if !name.is_empty() && name.end == self.text.len() {
+            self.text.get(..name.start).unwrap_or_default()
+        } else {
+            &self.text
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.text.get(self.name_range()).unwrap_or_default()
+    }
+
+    /// Heap bytes held by the document text.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
 }
 
 /// One recent inventory event as served by `GET /products/{id}/events`.
@@ -69,7 +142,7 @@ pub struct RecentAlert {
 pub enum Change {
     /// A `products` record: the product's new state, or `None` for a tombstone (deleted).
     Product {
-        id: String,
+        id: ProductId,
         fields: Option<ProductFields>,
         /// The record's Kafka timestamp (epoch ms), for `lastUpdate`.
         timestamp: i64,
@@ -84,7 +157,8 @@ pub enum Change {
 impl Change {
     pub fn product_id(&self) -> &str {
         match self {
-            Change::Product { id, .. } | Change::Event { id, .. } => id,
+            Change::Product { id, .. } => id,
+            Change::Event { id, .. } => id,
             Change::Alert(a) => &a.product_id,
         }
     }
@@ -133,8 +207,38 @@ struct BorrowedProduct<'a> {
 /// product has its own brand, say) values are allocated per record instead of growing the cache.
 const SHARED_STRINGS_MAX: usize = 10_000;
 
+/// FNV-1a, for the sets of interned categories and brands: they are looked up twice per product
+/// record on the decoding thread and twice under the view's lock, and for strings of a few bytes
+/// SipHash (std's default) costs several times more. FNV is not DoS-resistant; that is acceptable
+/// because the values come from the `products` topic the pipeline itself writes, and the sets
+/// hold one entry per distinct category or brand (the decoding threads' at most
+/// `SHARED_STRINGS_MAX`).
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A set of interned strings.
+pub type StrSet = HashSet<Arc<str>, std::hash::BuildHasherDefault<Fnv>>;
+
 thread_local! {
-    static SHARED_STRINGS: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    static SHARED_STRINGS: RefCell<StrSet> = RefCell::new(StrSet::default());
 }
 
 /// `s` as an `Arc<str>` shared with the earlier records of this thread: a million products in a
@@ -184,7 +288,7 @@ pub fn decode(
             let Some(payload) = payload else {
                 return match key {
                     Some(k) if !k.is_empty() => Ok(Change::Product {
-                        id: k.into_owned(),
+                        id: ProductId::new(&k),
                         fields: None,
                         timestamp,
                     }),
@@ -203,15 +307,15 @@ pub fn decode(
             check_key(&p.product_id)?;
             let raw = text.trim();
             Ok(Change::Product {
-                id: p.product_id.into_owned(),
-                fields: Some(ProductFields {
-                    name: p.name.into_owned(),
-                    category: shared(&p.category),
-                    brand: shared(&p.brand),
-                    price: p.price,
-                    inventory: p.inventory,
-                    raw: raw.to_owned(),
-                }),
+                id: ProductId::new(&p.product_id),
+                fields: Some(ProductFields::new(
+                    raw,
+                    &p.name,
+                    shared(&p.category),
+                    shared(&p.brand),
+                    p.price,
+                    p.inventory,
+                )),
                 timestamp,
             })
         }
@@ -285,7 +389,40 @@ mod tests {
         assert_eq!((id.as_str(), timestamp), ("P1", 7));
         assert_eq!((&*f.category, &*f.brand), ("toys", "Acme"));
         assert_eq!((f.price, f.inventory), (9.5, 3));
-        assert_eq!(f.raw.as_bytes(), &payload[..]);
+        assert_eq!(f.raw().as_bytes(), &payload[..]);
+        assert_eq!(f.name(), "Kart");
+        // The name is a range of the document, not a copy.
+        assert_eq!(f.text_len(), payload.len());
+    }
+
+    #[test]
+    fn a_name_with_escapes_is_kept_unescaped_after_the_document() {
+        let payload =
+            r#"  {"productId":"P1","name":"Kart \"GT\" \u00e9","price":1,"inventory":2} "#;
+        let Ok(Change::Product {
+            fields: Some(f), ..
+        }) = decode(Input::Products, Some(b"P1"), Some(payload.as_bytes()), 0)
+        else {
+            panic!("valid")
+        };
+        assert_eq!(f.name(), "Kart \"GT\" é");
+        assert_eq!(f.raw(), payload.trim());
+        // A name that is the empty default: no range, the document as is.
+        let Ok(Change::Product {
+            fields: Some(f), ..
+        }) = decode(
+            Input::Products,
+            None,
+            Some(br#"{"productId":"P2","price":1,"inventory":2}"#),
+            0,
+        )
+        else {
+            panic!("valid")
+        };
+        assert_eq!(
+            (f.name(), f.raw()),
+            ("", r#"{"productId":"P2","price":1,"inventory":2}"#)
+        );
     }
 
     #[test]
@@ -293,7 +430,7 @@ mod tests {
         assert_eq!(
             decode(Input::Products, Some(b"P9"), None, 1),
             Ok(Change::Product {
-                id: "P9".into(),
+                id: ProductId::new("P9"),
                 fields: None,
                 timestamp: 1
             })

@@ -12,8 +12,8 @@ use super::view::Entry;
 /// product is not served (deleted or not on `products` yet).
 pub fn product(entry: &Entry) -> Option<String> {
     let doc = entry.doc.as_ref()?;
-    let mut out = String::with_capacity(doc.raw.len() + 32);
-    write_product(&mut out, &doc.raw, entry.last_update);
+    let mut out = String::with_capacity(doc.raw().len() + 32);
+    write_product(&mut out, doc.raw(), entry.last_update);
     Some(out)
 }
 

@@ -8,11 +8,12 @@
 //! of the three topics at any relative pace ends in the same view (see `properties`).
 
 use std::collections::btree_map::Entry as Slot;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use super::id::{self, ProductId};
 use super::offsets::Offsets;
-use super::record::{Change, ProductFields, RecentAlert, RecentEvent};
+use super::record::{Change, ProductFields, RecentAlert, RecentEvent, StrSet};
 
 /// The bounds of the history the view keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,17 +37,9 @@ impl Default for Limits {
     }
 }
 
-/// A product's indexed fields and its JSON document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProductDoc {
-    pub name: Box<str>,
-    /// Interned: a few hundred categories and brands shared by a million products.
-    pub category: Arc<str>,
-    pub brand: Arc<str>,
-    pub price: f64,
-    pub inventory: i64,
-    pub raw: Box<str>,
-}
+/// A product's indexed fields and its JSON document, as decoded; in the view its category and
+/// brand are interned (a few hundred of them shared by a million products).
+pub type ProductDoc = ProductFields;
 
 /// Recent history of one product, allocated only once it has any.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,9 +55,6 @@ pub struct Entry {
     /// Epoch ms: the newest of the `products` record timestamp and the history's timestamps.
     pub last_update: i64,
     pub history: Option<Box<History>>,
-    /// Sequence number of the entry's last change in this replica (not comparable across
-    /// replicas; ETags are computed from content instead).
-    pub version: u64,
 }
 
 /// Where an applied record sits in Kafka.
@@ -82,12 +72,12 @@ pub struct Behind;
 #[derive(Debug, Default)]
 pub struct View {
     limits: Limits,
-    products: BTreeMap<Arc<str>, Entry>,
+    products: BTreeMap<ProductId, Entry>,
     /// Entries with a document.
     served: usize,
-    interned: HashSet<Arc<str>>,
+    interned: StrSet,
     alerts: VecDeque<Arc<RecentAlert>>,
-    changes: VecDeque<(u64, Arc<str>)>,
+    changes: VecDeque<(u64, ProductId)>,
     /// Sequence of the last change; the change log holds `(evicted, seq]`.
     seq: u64,
     evicted: u64,
@@ -104,7 +94,7 @@ impl View {
 
     /// Applies one decoded record read at `at` (`None` in tests and for records without a
     /// position). Returns the product id that changed.
-    pub fn apply(&mut self, change: Change, at: Option<Position<'_>>) -> Arc<str> {
+    pub fn apply(&mut self, change: Change, at: Option<Position<'_>>) -> ProductId {
         if let Some(p) = at {
             self.offsets.advance(p.topic, p.partition, p.offset + 1);
         }
@@ -122,12 +112,11 @@ impl View {
             } => {
                 // Interned before the map is borrowed.
                 let doc = fields.map(|f| self.doc(f));
-                let (key, entry) = entry_for(&mut self.products, &id);
+                let (key, entry) = entry_for(&mut self.products, id);
                 let was_served = entry.doc.is_some();
                 let now_served = doc.is_some();
                 entry.doc = doc;
                 entry.last_update = entry.last_update.max(timestamp);
-                entry.version = seq;
                 match (was_served, now_served) {
                     (false, true) => self.served += 1,
                     (true, false) => self.served -= 1,
@@ -136,9 +125,8 @@ impl View {
                 (key, None)
             }
             Change::Event { id, event } => {
-                let (key, entry) = entry_for(&mut self.products, &id);
+                let (key, entry) = entry_for(&mut self.products, ProductId::new(&id));
                 entry.last_update = entry.last_update.max(event.timestamp);
-                entry.version = seq;
                 if limits.events_per_product > 0 {
                     let events = &mut entry.history.get_or_insert_with(Box::default).events;
                     push_bounded(events, event, limits.events_per_product);
@@ -147,9 +135,8 @@ impl View {
             }
             Change::Alert(alert) => {
                 let alert = Arc::new(alert);
-                let (key, entry) = entry_for(&mut self.products, &alert.product_id);
+                let (key, entry) = entry_for(&mut self.products, ProductId::new(&alert.product_id));
                 entry.last_update = entry.last_update.max(alert.timestamp);
-                entry.version = seq;
                 if limits.alerts_per_product > 0 {
                     let alerts = &mut entry.history.get_or_insert_with(Box::default).alerts;
                     push_bounded(alerts, alert.clone(), limits.alerts_per_product);
@@ -191,26 +178,26 @@ impl View {
         s
     }
 
-    fn doc(&mut self, f: ProductFields) -> ProductDoc {
-        ProductDoc {
-            name: f.name.into_boxed_str(),
-            category: self.intern(f.category),
-            brand: self.intern(f.brand),
-            price: f.price,
-            inventory: f.inventory,
-            raw: f.raw.into_boxed_str(),
-        }
+    fn doc(&mut self, mut f: ProductFields) -> ProductDoc {
+        f.category = self.intern(f.category);
+        f.brand = self.intern(f.brand);
+        f
     }
 
     /// A served product (one with a document).
-    pub fn get(&self, id: &str) -> Option<(&Arc<str>, &Entry)> {
-        self.products
-            .get_key_value(id)
-            .filter(|(_, e)| e.doc.is_some())
+    pub fn get(&self, id: &str) -> Option<(&ProductId, &Entry)> {
+        // A short id is looked up as a ProductId (a copy, no allocation): keys then compare as
+        // bytes, where a `&str` lookup would check the UTF-8 of every key compared on the way.
+        let found = if id.len() <= id::INLINE {
+            self.products.get_key_value(&ProductId::new(id))
+        } else {
+            self.products.get_key_value(id)
+        };
+        found.filter(|(_, e)| e.doc.is_some())
     }
 
     /// Every entry, including those without a document, in productId order.
-    pub fn entries(&self) -> &BTreeMap<Arc<str>, Entry> {
+    pub fn entries(&self) -> &BTreeMap<ProductId, Entry> {
         &self.products
     }
 
@@ -242,7 +229,7 @@ impl View {
     pub fn changes_since(
         &self,
         cursor: u64,
-    ) -> Result<impl Iterator<Item = (u64, &Arc<str>)>, Behind> {
+    ) -> Result<impl Iterator<Item = (u64, &ProductId)>, Behind> {
         if cursor < self.evicted {
             return Err(Behind);
         }
@@ -256,12 +243,14 @@ impl View {
         use std::mem::size_of;
         // A BTreeMap node holds up to 11 entries; count ~1.5 slots per entry for partly full
         // nodes.
-        let slot = size_of::<Arc<str>>() + size_of::<Entry>();
+        let slot = size_of::<ProductId>() + size_of::<Entry>();
         let mut total = self.products.len() * slot * 3 / 2;
         for (id, e) in &self.products {
-            total += id.len() + 16;
+            if id.len() > id::INLINE {
+                total += id.len() + 16;
+            }
             if let Some(d) = &e.doc {
-                total += d.raw.len() + d.name.len();
+                total += d.text_len();
             }
             if let Some(h) = &e.history {
                 total += size_of::<History>();
@@ -275,19 +264,15 @@ impl View {
             .map(|a| a.raw.len() + a.product_id.len() + size_of::<RecentAlert>())
             .sum::<usize>();
         total += self.interned.iter().map(|s| s.len() + 32).sum::<usize>();
-        total += self.changes.len() * size_of::<(u64, Arc<str>)>();
+        total += self.changes.len() * size_of::<(u64, ProductId)>();
         total
     }
 }
 
 /// The entry of `id`, created empty if missing, and the map's key for it. One traversal of the
-/// map, the cost that matters when a restore inserts a million keys (the key is allocated up
-/// front; for an existing product it is dropped again).
-fn entry_for<'a>(
-    products: &'a mut BTreeMap<Arc<str>, Entry>,
-    id: &str,
-) -> (Arc<str>, &'a mut Entry) {
-    match products.entry(Arc::from(id)) {
+/// map, the cost that matters when a restore inserts a million keys.
+fn entry_for(products: &mut BTreeMap<ProductId, Entry>, id: ProductId) -> (ProductId, &mut Entry) {
+    match products.entry(id) {
         Slot::Occupied(o) => (o.key().clone(), o.into_mut()),
         Slot::Vacant(v) => {
             let key = v.key().clone();
@@ -295,7 +280,6 @@ fn entry_for<'a>(
                 doc: None,
                 last_update: i64::MIN,
                 history: None,
-                version: 0,
             });
             (key, entry)
         }
@@ -311,6 +295,7 @@ fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, bound: usize) {
 
 #[cfg(test)]
 pub(crate) mod testutil {
+    use super::super::id::ProductId;
     use super::super::record::{Change, ProductFields, RecentAlert, RecentEvent};
     use kartflow_wire::{AlertType, Severity};
     use serde_json::json;
@@ -321,15 +306,15 @@ pub(crate) mod testutil {
             "brand": "acme", "price": price, "inventory": inventory})
         .to_string();
         Change::Product {
-            id: id.into(),
-            fields: Some(ProductFields {
-                name: format!("name {id}"),
-                category: Arc::from(category),
-                brand: Arc::from("acme"),
+            id: ProductId::new(id),
+            fields: Some(ProductFields::new(
+                &raw,
+                &format!("name {id}"),
+                Arc::from(category),
+                Arc::from("acme"),
                 price,
                 inventory,
-                raw,
-            }),
+            )),
             timestamp: 1_000,
         }
     }
@@ -382,7 +367,7 @@ mod tests {
         assert_eq!((d.inventory, d.price), (3, 2.0));
         v.apply(
             Change::Product {
-                id: "P1".into(),
+                id: ProductId::new("P1"),
                 fields: None,
                 timestamp: 5,
             },

@@ -28,6 +28,7 @@ use tracing::debug;
 
 use super::conflate::{Pending, Push, Subscription};
 use super::http::{Api, problem};
+use super::id::ProductId;
 use super::render;
 use super::shared::Shared;
 use crate::process::Shutdown;
@@ -270,7 +271,7 @@ impl Client {
                         if !products.is_empty() {
                             products.push(',');
                         }
-                        render::write_product(&mut products, &d.raw, e.last_update);
+                        render::write_product(&mut products, d.raw(), e.last_update);
                         n += 1;
                     }
                 }
@@ -290,7 +291,7 @@ impl Client {
     /// The products the subscription covers, in frames; changes during it are replayed after.
     async fn snapshot(&mut self, socket: &mut WebSocket) -> Result<(), End> {
         self.cursor = self.shared.read().seq();
-        let mut after: Option<Arc<str>> = None;
+        let mut after: Option<ProductId> = None;
         loop {
             let (frame, last, n) = {
                 let view = self.shared.read();
@@ -313,7 +314,7 @@ impl Client {
                     if n > 0 {
                         body.push(',');
                     }
-                    render::write_product(&mut body, &d.raw, e.last_update);
+                    render::write_product(&mut body, d.raw(), e.last_update);
                     n += 1;
                     if n == FRAME_PRODUCTS {
                         break;
