@@ -28,6 +28,18 @@ pid_alive() {
   tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$marker"
 }
 
+# stop_pid PIDFILE GRACE_S: SIGTERM the process the pid file names, SIGKILL it if it is still
+# there after GRACE_S seconds, then remove the pid file. Call it only after pid_alive said yes.
+stop_pid() {
+  local pidfile=$1 grace=$2 pid
+  pid=$(cat "$pidfile")
+  log "stopping pid $pid"
+  kill -TERM "$pid"
+  for _ in $(seq 1 "$grace"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then log "still running after $grace s; killing"; kill -KILL "$pid"; fi
+  rm -f "$pidfile"
+}
+
 # port_open HOST PORT: true when something accepts TCP connections there.
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -132,14 +132,8 @@ up() {
 
 down() {
   if ! running; then log "not running"; rm -f "$PIDFILE"; return; fi
-  local pid
-  pid=$(cat "$PIDFILE")
-  log "stopping pid $pid"
-  kill -TERM "$pid"
   # A controlled shutdown takes a few seconds; force it only if it hangs.
-  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  if kill -0 "$pid" 2>/dev/null; then log "still running after 30 s; killing"; kill -KILL "$pid"; fi
-  rm -f "$PIDFILE"
+  stop_pid "$PIDFILE" 30
 }
 
 status() {

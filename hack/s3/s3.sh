@@ -54,13 +54,7 @@ up() {
 
 down() {
   if ! running; then log "not running"; rm -f "$PIDFILE"; return; fi
-  local pid
-  pid=$(cat "$PIDFILE")
-  log "stopping pid $pid"
-  kill -TERM "$pid"
-  for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
-  rm -f "$PIDFILE"
+  stop_pid "$PIDFILE" 5
 }
 
 status() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{KeyToPath, Secret, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
@@ -67,29 +67,7 @@ pub(crate) fn token_secret(
 
 /// The token Secret, read-only at [`TOKEN_DIR`].
 pub fn token_mount(secret: &str) -> Mount {
-    const VOLUME: &str = "control-token";
-    Mount {
-        volume: Volume {
-            name: VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.to_owned()),
-                items: Some(vec![KeyToPath {
-                    key: TOKEN_KEY.to_owned(),
-                    path: TOKEN_KEY.to_owned(),
-                    ..KeyToPath::default()
-                }]),
-                default_mode: Some(0o440),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        mount: VolumeMount {
-            name: VOLUME.to_owned(),
-            mount_path: TOKEN_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        },
-    }
+    pod::secret_key_mount("control-token", secret, TOKEN_KEY, TOKEN_DIR, Some(0o440))
 }
 
 /// Ingress to the pods of `selector`: the admin port from anywhere (probes, Prometheus), the

@@ -239,8 +239,6 @@ pub fn config_map_key_mount(volume: &str, config_map: &str, key: &str, dir: &str
     }
 }
 
-/// The Kafka client Secret's `client.properties`, read-only at [`KAFKA_DIR`], when the
-/// connection names one.
 /// Where `spec.postgres.caCert` is mounted in the CDC worker; the file is `<dir>/<key>`.
 pub const POSTGRES_CA_DIR: &str = "/etc/kartflow/postgres-ca";
 
@@ -250,55 +248,54 @@ pub fn postgres_ca_mount(r: &crate::crd::cdc_source::CaCertRef) -> Mount {
     const VOLUME: &str = "postgres-ca";
     match r.kind {
         CaSourceKind::ConfigMap => config_map_key_mount(VOLUME, &r.name, &r.key, POSTGRES_CA_DIR),
-        CaSourceKind::Secret => Mount {
-            volume: Volume {
-                name: VOLUME.to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(r.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: r.key.clone(),
-                        path: r.key.clone(),
-                        ..KeyToPath::default()
-                    }]),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            mount: VolumeMount {
-                name: VOLUME.to_owned(),
-                mount_path: POSTGRES_CA_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        },
+        CaSourceKind::Secret => secret_key_mount(VOLUME, &r.name, &r.key, POSTGRES_CA_DIR, None),
     }
 }
 
+/// The Kafka client Secret's `client.properties`, read-only at [`KAFKA_DIR`], when the
+/// connection names one.
 pub fn kafka_secret_mount(kafka: &KafkaConnection) -> Option<Mount> {
     let secret = kafka.secret_ref.as_ref()?;
-    Some(Mount {
+    // Owner and fsGroup only: it holds credentials.
+    Some(secret_key_mount(
+        "kafka-client",
+        &secret.name,
+        KAFKA_PROPERTIES_KEY,
+        KAFKA_DIR,
+        Some(0o440),
+    ))
+}
+
+/// One key of a Secret as the file `<dir>/<key>`, read-only; `mode` for credentials.
+pub fn secret_key_mount(
+    volume: &str,
+    secret: &str,
+    key: &str,
+    dir: &str,
+    mode: Option<i32>,
+) -> Mount {
+    Mount {
         volume: Volume {
-            name: "kafka-client".to_owned(),
+            name: volume.to_owned(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
+                secret_name: Some(secret.to_owned()),
                 items: Some(vec![KeyToPath {
-                    key: KAFKA_PROPERTIES_KEY.to_owned(),
-                    path: KAFKA_PROPERTIES_KEY.to_owned(),
+                    key: key.to_owned(),
+                    path: key.to_owned(),
                     ..KeyToPath::default()
                 }]),
-                // Owner and fsGroup only: it holds credentials.
-                default_mode: Some(0o440),
+                default_mode: mode,
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         },
         mount: VolumeMount {
-            name: "kafka-client".to_owned(),
-            mount_path: KAFKA_DIR.to_owned(),
+            name: volume.to_owned(),
+            mount_path: dir.to_owned(),
             read_only: Some(true),
             ..VolumeMount::default()
         },
-    })
+    }
 }
 
 pub fn empty_dir_mount(volume: &str, path: &str, size_limit: Option<&str>) -> Mount {
