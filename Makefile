@@ -77,6 +77,8 @@ else
 	# No cluster build here: chart-check uses the pinned helm if cached, else helm on PATH or $$HELM.
 	hack/chart-check.sh
 endif
+	# The read model's page is tested in headless Chromium (Debian's package, installed once).
+	hack/chromium.sh >/dev/null
 	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
 
 dev-up: ## Start the local data stack (Kafka KRaft + PostgreSQL); idempotent

@@ -4,6 +4,8 @@
 //! is not reachable the helpers fail the test with a message that says what to run; they never
 //! let a test pass without the component it claims to exercise.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod http;

@@ -1055,3 +1055,97 @@ fn websocket_pings_keep_idle_clients_and_close_silent_ones() {
         })
     });
 }
+
+/// The inventory page at `/`, in a real headless Chromium: it loads, shows every product of the
+/// view with its stock badge and the replica's name and watermark, a stock change written to
+/// Kafka appears on it within seconds (over the WebSocket, no reload), and so does an alert. A
+/// screenshot is kept in the test's temporary directory.
+#[test]
+#[ignore = "needs the local Kafka and Chromium: make test provides both (or make dev-up, hack/chromium.sh, then --include-ignored)"]
+fn the_page_shows_the_view_and_changes_live_in_a_browser() {
+    use kartflow_testkit::browser::Browser;
+    let kafka = Kafka::connect();
+    let dir = TestDir::new("read-model-page");
+    let topics = Topics::create(&kafka, "rm-page", 1);
+    let _drop_topics = DropTopics::new(&kafka, topic_base(&topics.products));
+    let writer = Writer::new(&kafka);
+    const N: usize = 24;
+    let cats = ["wheels", "engines", "seats"];
+    writer.send_all(
+        &topics.products,
+        (0..N).map(|i| {
+            let id = format!("P{i:04}");
+            (
+                id.clone(),
+                product(&id, cats[i % 3], 20 + i as i64, 9.5 + i as f64),
+            )
+        }),
+    );
+    let mut replica = Replica::start(&dir, "page-0", &topics, json!({}));
+    replica.wait_ready(READY_TIMEOUT);
+
+    let mut browser = Browser::start();
+    browser.navigate(&format!("http://127.0.0.1:{}/", replica.http));
+    let rows = "document.querySelectorAll('#products tbody tr').length";
+    let (_, shown) = browser.wait_for("every product", rows, Duration::from_secs(20), |v| {
+        v.as_u64() == Some(N as u64)
+    });
+    browser.wait_for(
+        "the replica's name and watermark",
+        "[document.getElementById('instance').textContent, \
+          document.getElementById('watermark').textContent, \
+          document.getElementById('live').textContent]",
+        Duration::from_secs(10),
+        |v| v[0] == "page-0" && v[1].as_str().is_some_and(|w| w.contains(":0=")) && v[2] == "live",
+    );
+    let cell = |id: &str, col: &str| {
+        format!("(document.querySelector('tr[data-id=\"{id}\"] td.{col}') || {{}}).textContent")
+    };
+    let stock = cell("P0007", "stock");
+    assert_eq!(
+        browser.eval(&stock),
+        json!("27"),
+        "P0007's stock as written"
+    );
+
+    // A change in Kafka reaches the open page by itself.
+    let sent = Instant::now();
+    writer.send(
+        &topics.products,
+        "P0007",
+        &product("P0007", "engines", 3, 16.5),
+    );
+    let (_, latency) = browser.wait_for("P0007's new stock", &stock, Duration::from_secs(5), |v| {
+        v == "3"
+    });
+    let visible = sent.elapsed();
+    let badge = "(document.querySelector('tr[data-id=\"P0007\"] .badge') || {}).textContent";
+    // The alert the inventory worker would raise shows in the alert list.
+    let alert = json!({"alertType": "LOW_STOCK", "productId": "P0007", "severity": "CRITICAL",
+        "message": "Kart part P0007 is running low: 3 left", "timestamp": now_ms()});
+    writer.send(&topics.alerts, "P0007", &alert.to_string());
+    browser.wait_for(
+        "the alert",
+        "document.getElementById('alerts').innerText",
+        Duration::from_secs(5),
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("running low: 3 left"))
+        },
+    );
+    assert_eq!(
+        browser.eval(badge),
+        json!("critical"),
+        "stock 3 is critical"
+    );
+    eprintln!(
+        "MEASURE page: {N} products shown {shown:.1?} after load; a stock change visible {:.0?} \
+         after it was sent ({latency:.0?} of polling)",
+        visible
+    );
+    let png = browser.screenshot_png();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("read-model-page.png");
+    std::fs::write(&shot, &png).expect("write the screenshot");
+    eprintln!("screenshot of the page: {}", shot.display());
+}

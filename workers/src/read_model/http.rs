@@ -1,6 +1,7 @@
 //! REST on the `http` port: `GET /products` (filters, sort, cursor paging), `GET /products/{id}`
-//! (ETag / If-None-Match), `GET /products/{id}/events`, `GET /alerts`, `GET /stats`, and the
-//! WebSocket route. Errors are RFC 9457 problem details.
+//! (ETag / If-None-Match), `GET /products/{id}/events`, `GET /alerts`, `GET /stats`, the
+//! WebSocket route and the inventory page at `/` ([`super::page`]). Errors are RFC 9457 problem
+//! details.
 //!
 //! Every view answer carries `Kartflow-Offsets`, the positions it reflects. A client that sends
 //! them back as `Kartflow-Min-Offsets` (or `?minOffsets=`) to any replica gets an answer at least
@@ -46,7 +47,8 @@ pub fn router(api: Api) -> Router {
         .route("/products/{id}", get(get_product))
         .route("/products/{id}/events", get(product_events))
         .route("/alerts", get(alerts))
-        .route("/stats", get(stats));
+        .route("/stats", get(stats))
+        .merge(super::page::routes());
     if let Some(cfg) = &api.ws {
         r = r.route(&cfg.path, get(ws::upgrade));
     }

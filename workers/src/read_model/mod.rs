@@ -14,6 +14,7 @@ pub mod http;
 pub mod id;
 pub mod metrics;
 pub mod offsets;
+pub mod page;
 pub mod query;
 pub mod record;
 pub mod render;
