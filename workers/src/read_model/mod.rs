@@ -5,7 +5,7 @@
 //! view), [`query`] (filters, sorting, paging), [`render`] (JSON documents), [`conflate`] (a
 //! WebSocket client's queue), [`offsets`] (positions and the read-your-writes header).
 //! Thin I/O around it: [`consume`] (one broadcast reader per topic), [`http`] (REST),
-//! [`ws`] (WebSocket), [`runtime`] (the process), with [`shared`] state and [`metrics`].
+//! [`ws`] (WebSocket), [`page`] (the inventory page at `/`), [`runtime`] (the process), with [`shared`] state and [`metrics`].
 //! See `docs/read-model.md` for the design and the operations guide.
 
 pub mod conflate;
