@@ -34,7 +34,7 @@ pub fn transactional_id(source: &str) -> String {
     format!("kartflow-cdc-{source}")
 }
 
-/// A `BaseProducer` the worker polls itself, drained before each commit (see [`Sink::drain`]).
+/// A `BaseProducer` the worker polls itself, drained before each commit (see `Sink::drain`).
 pub struct Sink {
     producer: BaseProducer<DefaultProducerContext>,
     meta: BaseConsumer,
