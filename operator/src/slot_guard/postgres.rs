@@ -1,5 +1,6 @@
 //! The guard's few statements against PostgreSQL (14 or later), each with an error that says what
-//! was attempted, where, and what to check. No TLS yet: see [`GuardError::TlsUnsupported`].
+//! was attempted, where, and what to check. TLS follows `spec.postgres.sslMode`
+//! (`kartflow_wire::pg_tls`, rustls).
 
 use std::time::Duration;
 
