@@ -206,7 +206,7 @@ prepare_namespace() {
 }
 
 apply_resources() {
-  log "applying hack/demo/shop.yaml: InventoryPipeline shop, CdcSource orders"
+  log "applying hack/demo/shop.yaml: InventoryPipeline shop, CdcSource orders, ReadModel view"
   sed -e "s/^  restartNonce: .*/  restartNonce: $(build_stamp kartflow-worker)/" "$MANIFEST" | apply_stdin
 }
 
@@ -247,6 +247,31 @@ wait_for_pipeline() {
     fi
     sleep 2
   done
+}
+
+# wait_for_read_model: both replicas Ready, which they are only once caught up with the topics.
+wait_for_read_model() {
+  local start=$SECONDS ready
+  log "waiting for the read replicas: 2/2 Ready once caught up (up to $READY_TIMEOUT s)"
+  while :; do
+    ready=$(kubectl get deployment view-read -n "$NS" -o jsonpath='{.status.readyReplicas}' 2>/dev/null || true)
+    if [ "${ready:-0}" -ge 2 ]; then
+      log "read model view: 2/2 replicas ready after $((SECONDS - start)) s"
+      return
+    fi
+    if (( SECONDS - start >= READY_TIMEOUT )); then
+      kubectl describe readmodel view -n "$NS" >&2 || true
+      die "read model view not 2/2 ready after $READY_TIMEOUT s (pods: $(pod_summary view); ReadModel above)"
+    fi
+    sleep 2
+  done
+}
+
+# replica_urls: the page of each read replica (pods of the local node have their own address on
+# lo, reachable from this machine).
+replica_urls() {
+  kubectl get pods -n "$NS" -l app.kubernetes.io/instance=view,app.kubernetes.io/component=read-model \
+    -o jsonpath='{range .items[*]}{.metadata.name} http://{.status.podIP}:8000/{"\n"}{end}' 2>/dev/null || true
 }
 
 wait_for_slot() {
@@ -321,6 +346,15 @@ send_orders() {
     log "alerts raised since the orders were sent:"
     printf '%s\n' "$i"
   fi
+  local first url answer
+  first=$(jq -rR --arg run "$run-" 'fromjson? | select(.eventType == "INVENTORY_DECREASED" and (.changeReason | contains($run))) | .productId' "$out" | head -n1)
+  url=$(replica_urls | awk 'NR == 1 {print $2}')
+  if [ -n "$first" ] && [ -n "$url" ]; then
+    # The replicas read inventory-events' products too: give them a moment after the last event.
+    sleep 1
+    answer=$(curl -sf --max-time 5 "${url}products/$first" | jq -c '{productId, name, inventory, lastUpdate}' || true)
+    log "a read replica serves $first as: ${answer:-(no answer yet)}"
+  fi
   log "stock carries over between runs: the workers' state lives in Kafka (topic $NS.shop-inventory-changelog)"
   restock "$out" "$run-"
   rm -f "$out" "$out.err"
@@ -358,6 +392,8 @@ show() {
       "  slot guard (every \(.spec.guard.checkInterval), warn at \(.spec.guard.warnRetainedWal), drop at \(.spec.guard.dropRetainedWal)): SlotHealthy=\($h.status // "-") \($h.reason // ""): \($h.message // "")",
       (.status.lastDrop // empty | "  last drop: \(.at), \(.retainedBytes) bytes, \(.reason)")')
   cdc_pods=$(pod_summary orders)
+  local pages
+  pages=$(replica_urls | sed 's/^/    /')
   holder=$(kubectl get lease "$LEASE" -n "$SYSTEM_NS" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
   cat <<EOF
 
@@ -367,6 +403,8 @@ $cdc
   order-events: rows inserted into public.order_items become order lines.
   CDC pod: ${cdc_pods:-none yet}
 Operator leader (Lease $SYSTEM_NS/$LEASE): ${holder:-none yet}
+Read replicas of ReadModel view, each with the live inventory page (open one in a browser):
+$pages
 
 What next:
   eval "\$(hack/cluster/env.sh)"             # kubectl and helm of the local cluster in this shell
@@ -387,6 +425,7 @@ up() {
   prepare_namespace
   apply_resources
   wait_for_pipeline
+  wait_for_read_model
   wait_for_slot
   send_orders
   show
