@@ -7,10 +7,10 @@ package main
 // A container is its process group: the agent starts every container with Setpgid, so its pid is
 // the group id and the processes it forks stay in it. This machine's cgroup v2 hierarchy has no
 // cpu or memory controller (hybrid v1 mount), so pods are not put in cgroups; /proc is the
-// measurement. CPU is the sum of /proc/<pid>/schedstat's on-CPU nanoseconds (tick-based
-// utime+stime from /proc/<pid>/stat when schedstat is missing); the CPU of processes that exited is
-// kept, so the counter only grows while the container runs. Memory is the sum of resident set
-// sizes.
+// measurement. CPU is the sum of utime+stime of /proc/<pid>/stat, the kernel's accounting of the
+// whole process (all its threads, also exited ones; /proc/<pid>/schedstat would be the main thread
+// only); the CPU of processes that exited is kept, so the counter only grows while the container
+// runs. Memory is the sum of resident set sizes.
 
 import (
 	"bytes"
@@ -64,15 +64,6 @@ func parseProcStat(b []byte) (pid, pgid int, ticks uint64, err error) {
 		return 0, 0, 0, fmt.Errorf("malformed /proc stat line %q: %w", truncate(b), err)
 	}
 	return pid, pgid, ut + st, nil
-}
-
-// parseSchedstat returns the on-CPU time in nanoseconds, the first field of /proc/<pid>/schedstat.
-func parseSchedstat(b []byte) (uint64, error) {
-	f := strings.Fields(string(b))
-	if len(f) < 1 {
-		return 0, fmt.Errorf("empty schedstat")
-	}
-	return strconv.ParseUint(f[0], 10, 64)
 }
 
 // parseStatmRSS returns the resident set size in bytes from /proc/<pid>/statm (second field, pages).
@@ -280,11 +271,6 @@ func readProcSamples(procRoot string) ([]procSample, error) {
 			continue
 		}
 		s := procSample{pid: pid, pgid: pgid, cpuNanos: ticks * (1e9 / userHZ)}
-		if b, err := os.ReadFile(filepath.Join(dir, "schedstat")); err == nil {
-			if ns, err := parseSchedstat(b); err == nil {
-				s.cpuNanos = ns
-			}
-		}
 		if b, err := os.ReadFile(filepath.Join(dir, "statm")); err == nil {
 			s.rssBytes, _ = parseStatmRSS(b, pageSize)
 		}

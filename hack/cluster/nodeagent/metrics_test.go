@@ -56,10 +56,6 @@ func TestParseNodeAndProcessFiles(t *testing.T) {
 	if err != nil || rss != 405*4096 {
 		t.Errorf("parseStatmRSS = %v, %v", rss, err)
 	}
-	ns, err := parseSchedstat([]byte("103051 21977356 5\n"))
-	if err != nil || ns != 103051 {
-		t.Errorf("parseSchedstat = %v, %v", ns, err)
-	}
 }
 
 func TestCPUCounterKeepsExitedProcesses(t *testing.T) {
@@ -130,14 +126,16 @@ func TestCollectFromProcTree(t *testing.T) {
 	}
 	write("stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
 	write("meminfo", "MemTotal: 2000 kB\nMemAvailable: 500 kB\n")
-	proc := func(pid, pgid, sched string, rssPages string) {
-		write(pid+"/stat", pid+" (p) S 1 "+pgid+" 1 0 -1 0 0 0 0 0 1 1 0 0")
-		write(pid+"/schedstat", sched+" 0 0")
+	// utime and stime in ticks of 10 ms.
+	proc := func(pid, pgid, utime, stime, rssPages string) {
+		write(pid+"/stat", pid+" (p) S 1 "+pgid+" 1 0 -1 0 0 0 0 0 "+utime+" "+stime+" 0 0")
+		// The main thread's schedstat is not the process's CPU: it must not be read.
+		write(pid+"/schedstat", "7 0 0")
 		write(pid+"/statm", "10 "+rssPages+" 0 0 0 0 0")
 	}
-	proc("100", "100", "2000000000", "2")  // the container's main process
-	proc("101", "100", "1000000000", "1")  // its child
-	proc("200", "200", "9000000000", "50") // not a container
+	proc("100", "100", "150", "50", "2") // the container's main process: 2 s
+	proc("101", "100", "60", "40", "1")  // its child: 1 s
+	proc("200", "200", "900", "0", "50") // not a container
 	write("self/stat", "not a pid dir")
 	m := newResourceMetrics(root)
 	fams, err := m.collect([]containerRef{{"ns", "pod-a", "c", 100, time.Unix(1, 0)}, {"ns", "gone", "c", 300, time.Unix(1, 0)}})
