@@ -33,10 +33,13 @@ load_env "${CLUSTER_HACK_DIR}/cluster.env"
 # The binary cache key: the pins and the exact module files that are built. Pins are read from the
 # file (not the environment) so an override cannot silently poison a cache entry.
 cluster_bin_key() {
-  cat "${CLUSTER_HACK_DIR}/versions.env" \
-    "${CLUSTER_BUILD_DIR}/kubernetes/go.mod" "${CLUSTER_BUILD_DIR}/kubernetes/go.sum" \
-    "${CLUSTER_BUILD_DIR}/etcd/go.mod" "${CLUSTER_BUILD_DIR}/etcd/go.sum" "${CLUSTER_BUILD_DIR}/etcd/main.go" |
-    sha256sum | cut -c1-16
+  {
+    # The add-on pins at the end of versions.env have their own cache entries.
+    sed '/^# --- add-ons/,$d' "${CLUSTER_HACK_DIR}/versions.env"
+    cat \
+      "${CLUSTER_BUILD_DIR}/kubernetes/go.mod" "${CLUSTER_BUILD_DIR}/kubernetes/go.sum" \
+      "${CLUSTER_BUILD_DIR}/etcd/go.mod" "${CLUSTER_BUILD_DIR}/etcd/go.sum" "${CLUSTER_BUILD_DIR}/etcd/main.go"
+  } | sha256sum | cut -c1-16
 }
 
 CLUSTER_CACHE_ROOT="${KARTFLOW_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/kartflow}/cluster-bin"
@@ -83,6 +86,22 @@ init_nodeagent_dir() {
   key="$(cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort |
     xargs sha256sum | sha256sum | cut -c1-16)"
   NODEAGENT_BIN_DIR="${NODEAGENT_BIN_DIR:-${CLUSTER_CACHE_ROOT}/nodeagent/${key}}"
+}
+
+# metrics-server (an add-on) has its own cache entry, keyed by its pin and module files:
+#   cluster-bin/metrics-server/<key>/metrics-server
+init_metrics_server_dir() {
+  local d="${CLUSTER_BUILD_DIR}/metrics-server" key
+  [[ -r "${d}/go.mod" && -r "${d}/go.sum" ]] ||
+    die "missing hack/cluster/build/metrics-server/go.mod or go.sum; run hack/cluster/build/update-modules.sh"
+  key="$(
+    {
+      echo "METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION}"
+      grep -E '^BUILD_RECIPE=' "${CLUSTER_HACK_DIR}/versions.env"
+      cat "${d}/go.mod" "${d}/go.sum"
+    } | sha256sum | cut -c1-16
+  )"
+  METRICS_SERVER_BIN_DIR="${METRICS_SERVER_BIN_DIR:-${CLUSTER_CACHE_ROOT}/metrics-server/${key}}"
 }
 
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds; on timeout calls the sourcing

@@ -24,8 +24,10 @@ pod_prefix="${BASH_REMATCH[1]}"
 
 "${CLUSTER_HACK_DIR}/build.sh" >/dev/null || die "building the cluster binaries failed (see above)"
 "${CLUSTER_HACK_DIR}/build-nodeagent.sh" >/dev/null || die "building the node agent failed (see above)"
+"${CLUSTER_HACK_DIR}/build-metrics-server.sh" >/dev/null || die "building metrics-server failed (see above)"
 init_bin_dir
 init_nodeagent_dir
+init_metrics_server_dir
 cluster_bins_present || die "build.sh succeeded but ${CLUSTER_BIN_DIR} is incomplete"
 BIN="$CLUSTER_BIN_DIR"
 
@@ -331,12 +333,22 @@ start nodeagent "$CLUSTER_KUBELET_PORT" run \
   --apiserver-port="${CLUSTER_APISERVER_PORT}" \
   --ca-cert="${PKI}/ca.crt" \
   --ca-key="${PKI}/ca.key" \
-  --kubelet-version="${KUBERNETES_VERSION}"
+  --kubelet-version="${KUBERNETES_VERSION}" \
+  --image-var=METRICS_SERVER_BIN="${METRICS_SERVER_BIN_DIR}"
 node_ready() {
   "${BIN}/kubectl" --kubeconfig="${S}/admin.kubeconfig" get node "${CLUSTER_NODE_NAME}" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
 }
 wait_until nodeagent "Node ${CLUSTER_NODE_NAME} to be Ready" node_ready
+
+# metrics-server (resource metrics API for `kubectl top` and the HPA), installed like users do: its
+# release manifest, served through the aggregation layer (front-proxy flags above). It runs as a
+# pod on the process node and scrapes the node agent's /metrics/resource. Not waited for here
+# (its readiness probe starts after 20 s); `kubectl wait --for=condition=Available
+# apiservice/v1beta1.metrics.k8s.io` does that.
+sed "s/@METRICS_SERVER_VERSION@/${METRICS_SERVER_VERSION}/g" "${CLUSTER_HACK_DIR}/metrics-server.yaml" |
+  "${BIN}/kubectl" --kubeconfig="${S}/admin.kubeconfig" apply --server-side --field-manager=kartflow-up -f - >/dev/null ||
+  die "applying hack/cluster/metrics-server.yaml failed (see above)"
 
 # Plain KEY=VALUE facts about the running cluster, for scripts and the Rust test kit.
 cat >"${S}/env.tmp" <<EOF
@@ -348,6 +360,7 @@ CLUSTER_CA_KEY_FILE=${PKI}/ca.key
 CLUSTER_KUBERNETES_VERSION=${KUBERNETES_VERSION}
 CLUSTER_NODE_NAME=${CLUSTER_NODE_NAME}
 NODEAGENT_BIN_DIR=${NODEAGENT_BIN_DIR}
+METRICS_SERVER_BIN_DIR=${METRICS_SERVER_BIN_DIR}
 EOF
 mv "${S}/env.tmp" "${S}/env"
 

@@ -54,6 +54,22 @@ type agentConfig struct {
 	kubeletVersion string
 	backoffBase    time.Duration
 	backoffMax     time.Duration
+	// imageVars: extra ${NAME} variables of the images file (--image-var NAME=VALUE).
+	imageVars map[string]string
+}
+
+// imageVarsFlag collects repeated --image-var NAME=VALUE flags.
+type imageVarsFlag map[string]string
+
+func (f imageVarsFlag) String() string { return fmt.Sprint(map[string]string(f)) }
+
+func (f imageVarsFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("--image-var wants NAME=VALUE, got %q", s)
+	}
+	f[k] = v
+	return nil
 }
 
 func runAgent(args []string) error {
@@ -75,6 +91,8 @@ func runAgent(args []string) error {
 	fs.StringVar(&c.kubeletVersion, "kubelet-version", "v0.0.0", "version the Node reports")
 	fs.DurationVar(&c.backoffBase, "restart-backoff", 2*time.Second, "first container restart back-off (kubelet: 10s)")
 	fs.DurationVar(&c.backoffMax, "restart-backoff-max", 60*time.Second, "maximum restart back-off (kubelet: 5m)")
+	c.imageVars = map[string]string{}
+	fs.Var(imageVarsFlag(c.imageVars), "image-var", "NAME=VALUE: ${NAME} in the images file's binaries (repeatable)")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,7 +123,7 @@ func runAgent(args []string) error {
 		c.targetDir = filepath.Join(c.repoDir, "target")
 	}
 	// Fail at start on a broken mapping file; pods re-read it.
-	if _, err := loadImages(c.imagesFile, c.repoDir, c.targetDir); err != nil {
+	if _, err := loadImages(c.imagesFile, c.repoDir, c.targetDir, c.imageVars); err != nil {
 		return err
 	}
 
@@ -155,7 +173,7 @@ func runAgent(args []string) error {
 		return err
 	}
 
-	srv, err := c.kubeletServer(p)
+	srv, err := c.kubeletServer(p, client)
 	if err != nil {
 		return err
 	}
@@ -241,10 +259,10 @@ func (c *agentConfig) nodeObject() *corev1.Node {
 	}
 }
 
-// kubeletServer serves the kubelet API subset virtual-kubelet implements (logs, running pods) with
-// a serving certificate signed by the cluster CA; clients must present a CA-signed certificate
-// (the apiserver's kubelet client cert).
-func (c *agentConfig) kubeletServer(p *provider) (*http.Server, error) {
+// kubeletServer serves the kubelet API subset virtual-kubelet implements (logs, exec, running pods,
+// resource metrics) with a serving certificate signed by the cluster CA; clients present a
+// CA-signed certificate (the apiserver's kubelet client cert) or a bearer token (auth.go).
+func (c *agentConfig) kubeletServer(p *provider, client kubernetes.Interface) (*http.Server, error) {
 	caPEM, err := os.ReadFile(c.caCert)
 	if err != nil {
 		return nil, err
@@ -290,18 +308,19 @@ func (c *agentConfig) kubeletServer(p *provider) (*http.Server, error) {
 	pool.AddCert(ca)
 	mux := http.NewServeMux()
 	api.AttachPodRoutes(api.PodHandlerConfig{
-		GetContainerLogs: p.containerLogs,
-		RunInContainer:   p.runInContainer,
-		PortForward:      p.portForward,
-		GetPods:          p.GetPods,
+		GetContainerLogs:   p.containerLogs,
+		RunInContainer:     p.runInContainer,
+		PortForward:        p.portForward,
+		GetPods:            p.GetPods,
+		GetMetricsResource: p.metricsResource,
 	}, mux, true)
 	return &http.Server{
 		Addr:    net.JoinHostPort(c.nodeIP, strconv.Itoa(c.kubeletPort)),
-		Handler: mux,
+		Handler: withAuth(client, c.nodeName, mux),
 		TLSConfig: &tls.Config{
 			Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
 			ClientCAs:    pool,
-			ClientAuth:   tls.RequireAndVerifyClientCert,
+			ClientAuth:   tls.VerifyClientCertIfGiven,
 			MinVersion:   tls.VersionTLS12,
 		},
 		ReadHeaderTimeout: 10 * time.Second,

@@ -21,7 +21,9 @@ type imageMap struct {
 	Images []imageEntry `json:"images"`
 }
 
-func loadImages(file, repo, targetDir string) (*imageMap, error) {
+// loadImages reads the mapping file; ${REPO}, ${CARGO_TARGET_DIR}, ${NODEAGENT_BIN} and the extra
+// variables (--image-var, e.g. METRICS_SERVER_BIN) are expanded in `binary`.
+func loadImages(file, repo, targetDir string, extra map[string]string) (*imageMap, error) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
@@ -35,6 +37,9 @@ func loadImages(file, repo, targetDir string) (*imageMap, error) {
 		return nil, err
 	}
 	vars := map[string]string{"REPO": repo, "CARGO_TARGET_DIR": targetDir, "NODEAGENT_BIN": filepath.Dir(self)}
+	for k, v := range extra {
+		vars[k] = v
+	}
 	for i := range m.Images {
 		e := &m.Images[i]
 		if e.Name == "" || (e.Binary == "" && !e.Host) {

@@ -41,6 +41,8 @@ type provider struct {
 	// the last one to go removes it again (see mountpoints.go).
 	mountPoints map[string]int
 	notify      func(*corev1.Pod)
+	// metrics serves /metrics/resource (metrics.go).
+	metrics *resourceMetrics
 }
 
 type podRun struct {
@@ -83,7 +85,8 @@ func newProvider(c agentConfig, client kubernetes.Interface, lister corev1lister
 		}
 	}
 	return &provider{cfg: c, client: client, lister: lister, events: events,
-		pods: map[string]*podRun{}, ips: map[int]bool{}, mountPoints: map[string]int{}}, nil
+		pods: map[string]*podRun{}, ips: map[int]bool{}, mountPoints: map[string]int{},
+		metrics: newResourceMetrics("/proc")}, nil
 }
 
 func podKey(ns, name string) string { return ns + "/" + name }

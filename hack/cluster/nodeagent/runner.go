@@ -115,7 +115,7 @@ func (p *provider) setupPod(pr *podRun) error {
 	all := append(append([]*ctrRun{}, pr.inits...), pr.ctrs...)
 	entries := make([]*imageEntry, len(all))
 	// Read per pod, so edits of the mapping apply without restarting the agent.
-	images, err := loadImages(p.cfg.imagesFile, p.cfg.repoDir, p.cfg.targetDir)
+	images, err := loadImages(p.cfg.imagesFile, p.cfg.repoDir, p.cfg.targetDir, p.cfg.imageVars)
 	if err != nil {
 		return errImage{err}
 	}

@@ -178,13 +178,7 @@ pub fn read_model(
                 }),
                 ..MetricSpec::default()
             }]),
-            behavior: Some(HorizontalPodAutoscalerBehavior {
-                scale_down: Some(HPAScalingRules {
-                    stabilization_window_seconds: Some(a.scale_down_stabilization_seconds),
-                    ..HPAScalingRules::default()
-                }),
-                ..HorizontalPodAutoscalerBehavior::default()
-            }),
+            behavior: Some(hpa_behavior(a)),
         }),
         ..HorizontalPodAutoscaler::default()
     });
@@ -307,6 +301,18 @@ fn max_connections(value: i32) -> Result<u32, BuildError> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| BuildError::invalid("spec.websocket.maxConnections", "must be at least 1"))
+}
+
+/// `spec.autoscaling.behavior` as given, with `scaleDownStabilizationSeconds` as the scale-down
+/// window unless the behavior sets one.
+fn hpa_behavior(a: &Autoscaling) -> HorizontalPodAutoscalerBehavior {
+    let mut behavior = a.behavior.clone().unwrap_or_default();
+    let down = behavior
+        .scale_down
+        .get_or_insert_with(HPAScalingRules::default);
+    down.stabilization_window_seconds
+        .get_or_insert(a.scale_down_stabilization_seconds);
+    behavior
 }
 
 fn validate_autoscaling(a: &Autoscaling, rm: &ReadModel) -> Result<(), BuildError> {
@@ -559,12 +565,51 @@ mod tests {
         assert_eq!(res.target.average_utilization, Some(60));
         let down = hpa.behavior.and_then(|b| b.scale_down).expect("scale down");
         assert_eq!(down.stabilization_window_seconds, Some(120));
+        assert_eq!(down.policies, None, "the HPA's default policies");
 
         let mut off = autoscaling();
         off["enabled"] = json!(false);
         let c = build(json!({"replicas": 3, "autoscaling": off}));
         assert!(c.hpa.is_none());
         assert_eq!(c.deployment.spec.and_then(|s| s.replicas), Some(3));
+    }
+
+    #[test]
+    fn behavior_passes_through_and_the_window_field_fills_only_a_gap() {
+        let behavior_of = |auto: Value| {
+            build(json!({"autoscaling": auto}))
+                .hpa
+                .and_then(|h| h.spec)
+                .and_then(|s| s.behavior)
+                .expect("behavior")
+        };
+        let mut auto = autoscaling();
+        auto["behavior"] = json!({
+            "scaleUp": {"stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Pods", "value": 2, "periodSeconds": 15}]},
+            "scaleDown": {"stabilizationWindowSeconds": 10}
+        });
+        let b = behavior_of(auto.clone());
+        let up = b.scale_up.expect("scale up passed through");
+        assert_eq!(up.stabilization_window_seconds, Some(0));
+        let policies = up.policies.expect("policies");
+        assert_eq!((policies[0].type_.as_str(), policies[0].value), ("Pods", 2));
+        assert_eq!(
+            b.scale_down.and_then(|d| d.stabilization_window_seconds),
+            Some(10),
+            "the behavior's own window wins over scaleDownStabilizationSeconds (120)"
+        );
+        auto["behavior"] = json!({"scaleDown": {"selectPolicy": "Min"}});
+        let down = behavior_of(auto).scale_down.expect("scale down");
+        assert_eq!(down.stabilization_window_seconds, Some(120));
+        assert_eq!(down.select_policy.as_deref(), Some("Min"));
+        let mut defaults = autoscaling();
+        defaults
+            .as_object_mut()
+            .expect("object")
+            .remove("scaleDownStabilizationSeconds");
+        let down = behavior_of(defaults).scale_down.expect("scale down");
+        assert_eq!(down.stabilization_window_seconds, Some(300));
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAutoscalerStatus};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -20,7 +22,7 @@ use super::rollout::{self, rollout};
 use super::status::{Cond, READY, reconciled};
 use super::trigger::{api, controller_for};
 use super::{Context, Error, apply};
-use crate::children::{self, BuildError};
+use crate::children::{self, BuildError, FIELD_MANAGER};
 use crate::crd::{InventoryPipeline, ReadModel, ReadModelStatus};
 
 pub fn controller(
@@ -85,7 +87,8 @@ impl PipelineGenerations {
     }
 }
 
-/// What of an HPA the read model reflects: its spec and the replica counts it decided.
+/// What of an HPA the read model reflects: its spec, the replica counts it decided and its CPU
+/// reading in steps of 10 percentage points (a sync that moves it by a point is not news).
 fn hpa_replicas(h: &HorizontalPodAutoscaler) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hash = std::collections::hash_map::DefaultHasher::new();
@@ -93,7 +96,125 @@ fn hpa_replicas(h: &HorizontalPodAutoscaler) -> Option<u64> {
     let status = h.status.as_ref();
     status.map(|s| s.desired_replicas).hash(&mut hash);
     status.and_then(|s| s.current_replicas).hash(&mut hash);
+    status
+        .and_then(|s| cpu_reading(s).0)
+        .map(|u| u / 10)
+        .hash(&mut hash);
     Some(hash.finish())
+}
+
+/// The HPA's last CPU reading: average utilisation in percent of the request and the average
+/// per replica as a quantity.
+fn cpu_reading(s: &HorizontalPodAutoscalerStatus) -> (Option<i32>, Option<String>) {
+    s.current_metrics
+        .iter()
+        .flatten()
+        .filter_map(|m| m.resource.as_ref())
+        .find(|r| r.name == "cpu")
+        .map(|r| {
+            (
+                r.current.average_utilization,
+                r.current.average_value.as_ref().map(|q| q.0.clone()),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Field manager that holds `spec.replicas` while it passes from the operator to the HPA.
+pub(crate) const REPLICAS_HANDOVER_MANAGER: &str = "kartflow-operator-replicas-handover";
+
+/// With autoscaling, the replicas to hand over before the operator's apply leaves `spec.replicas`
+/// out: the Deployment's current count while the operator's field manager still owns the field.
+/// Under server-side apply, a field its only owner stops applying is removed, and a Deployment
+/// without `replicas` defaults to 1: 3 serving replicas would drop to 1 until the HPA's next
+/// sync. A second manager applying the same count first keeps the field (and the value); the
+/// HPA's scale updates then take it over.
+pub(crate) fn replicas_to_hand_over(stored: &Deployment) -> Option<i32> {
+    let ours = stored
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .any(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+        });
+    ours.then(|| stored.spec.as_ref().and_then(|s| s.replicas))
+        .flatten()
+}
+
+/// Applies `spec.replicas = replicas` alone with [`REPLICAS_HANDOVER_MANAGER`].
+async fn hand_over_replicas(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The phase and Ready condition of a read model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub phase: &'static str,
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Ready means at least `floor` replicas caught up and serving on the current template: every
+/// desired replica without autoscaling, `minReplicas` with it (a scale-up in progress is not an
+/// outage). `current`: the Deployment controller has seen the latest spec and no replica of an
+/// older template is left. `None` when not ready for another reason than a crash (the caller
+/// then looks for a crash loop).
+pub(crate) fn readiness(ready: i32, desired: i32, floor: i32, current: bool) -> Option<Readiness> {
+    if desired == 0 {
+        return Some(Readiness {
+            phase: "Idle",
+            ready: false,
+            reason: "ScaledToZero",
+            message: "no replicas requested".into(),
+        });
+    }
+    if current && ready >= floor {
+        let message = if floor < desired {
+            format!("{ready}/{desired} replicas caught up and serving (at least {floor} needed)")
+        } else {
+            format!("{ready}/{desired} replicas caught up and serving")
+        };
+        return Some(Readiness {
+            phase: "Running",
+            ready: true,
+            reason: "ReplicasReady",
+            message,
+        });
+    }
+    None
+}
+
+/// The latest template has rolled out to every replica there is (not necessarily all ready).
+fn template_current(d: &Deployment) -> bool {
+    let st = d.status.clone().unwrap_or_default();
+    st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && st.updated_replicas.unwrap_or(0) >= st.replicas.unwrap_or(0)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = rm.namespace(), name = %rm.name_any()))]
@@ -131,6 +252,26 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         .name
         .clone()
         .unwrap_or_default();
+    let autoscaling = rm.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    if autoscaling.is_some() {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let handed_over = async {
+            if let Some(n) = deployments
+                .get_opt(&hpa_name)
+                .await?
+                .as_ref()
+                .and_then(replicas_to_hand_over)
+            {
+                tracing::info!(replicas = n, "handing spec.replicas over to the HPA");
+                hand_over_replicas(&ctx.client, &ns, &hpa_name, n).await?;
+            }
+            Ok::<_, kube::Error>(())
+        }
+        .await;
+        if let Err(e) = handed_over {
+            return Err(report_failure(rm.as_ref(), &ctx, previous, e.into()).await);
+        }
+    }
     let applied = async {
         apply::apply(&ctx.client, &children.config_map).await?;
         let hpa = async {
@@ -165,42 +306,38 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         .unwrap_or(rm.spec.replicas);
     let (ready, replicas, rolled_out) = rollout(&deployment, target);
     let hs = hpa.and_then(|h| h.status);
-    let desired = match (&hs, rm.spec.autoscaling.as_ref().filter(|a| a.enabled)) {
+    let (desired, floor, current) = match (&hs, autoscaling) {
         // A new HPA reports 0 until its first evaluation; it never goes below minReplicas.
-        (Some(h), Some(a)) => h.desired_replicas.max(a.min_replicas),
-        (None, Some(a)) => a.min_replicas,
-        _ => target,
+        (Some(h), Some(a)) => (
+            h.desired_replicas.max(a.min_replicas),
+            a.min_replicas,
+            template_current(&deployment),
+        ),
+        (None, Some(a)) => (
+            a.min_replicas,
+            a.min_replicas,
+            template_current(&deployment),
+        ),
+        _ => (target, target, rolled_out),
     };
-    let (phase, ready_cond) = if desired > 0 && rolled_out && ready >= desired {
-        (
-            "Running",
-            Cond::new(
-                READY,
-                true,
-                "ReplicasReady",
-                format!("{ready}/{desired} replicas caught up and serving"),
-            ),
-        )
-    } else if desired == 0 {
-        (
-            "Idle",
-            Cond::new(READY, false, "ScaledToZero", "no replicas requested"),
-        )
-    } else if let Some(crashing) = rollout::crash_condition(&ctx.client, &deployment).await? {
-        ("Degraded", crashing)
-    } else {
-        (
-            "Progressing",
-            Cond::new(
-                READY,
-                false,
-                "ReplicasNotReady",
-                format!(
-                    "{ready}/{desired} replicas ready (a replica is Ready once caught up with the topics)"
+    let (phase, ready_cond) = match readiness(ready, desired, floor, current) {
+        Some(r) => (r.phase, Cond::new(READY, r.ready, r.reason, r.message)),
+        None => match rollout::crash_condition(&ctx.client, &deployment).await? {
+            Some(crashing) => ("Degraded", crashing),
+            None => (
+                "Progressing",
+                Cond::new(
+                    READY,
+                    false,
+                    "ReplicasNotReady",
+                    format!(
+                        "{ready}/{desired} replicas ready, {floor} needed (a replica is Ready once caught up with the topics)"
+                    ),
                 ),
             ),
-        )
+        },
     };
+    let (cpu_utilization, cpu_average) = hs.as_ref().map(cpu_reading).unwrap_or_default();
     let generation = rm.metadata.generation;
     let status = ReadModelStatus {
         common: reconciled(&previous.common, generation, phase, vec![ready_cond]),
@@ -208,6 +345,8 @@ async fn run(rm: Arc<ReadModel>, ctx: Arc<Context>) -> Result<Action, Error> {
         ready_replicas: Some(ready),
         current_replicas: hs.as_ref().and_then(|h| h.current_replicas),
         desired_replicas: Some(desired),
+        cpu_utilization,
+        cpu_average,
         resolved_topics: Some(children.resolved_topics),
     };
     if rm.status.as_ref() != Some(&status) {
@@ -274,6 +413,125 @@ mod trigger_tests {
             "re-created with the same generation"
         );
         assert!(!passes(watcher::Event::InitDone));
+    }
+
+    fn deployment(managed: serde_json::Value, replicas: Option<i32>) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d", "managedFields": managed},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}}
+        }))
+        .expect("deployment")
+    }
+
+    fn managed(manager: &str, operation: &str, spec: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"manager": manager, "operation": operation, "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": spec}})
+    }
+
+    #[test]
+    fn replicas_are_handed_over_only_while_the_operator_owns_them() {
+        let with_replicas = serde_json::json!({"f:replicas": {}, "f:template": {}});
+        let without = serde_json::json!({"f:template": {}});
+        for (entries, replicas, want) in [
+            // Autoscaling just turned on: the operator applied replicas 3 until now.
+            (
+                vec![managed(FIELD_MANAGER, "Apply", with_replicas.clone())],
+                Some(3),
+                Some(3),
+            ),
+            // Handed over already: the hand-over manager (or the HPA's update) has them.
+            (
+                vec![
+                    managed(FIELD_MANAGER, "Apply", without.clone()),
+                    managed(REPLICAS_HANDOVER_MANAGER, "Apply", with_replicas.clone()),
+                ],
+                Some(3),
+                None,
+            ),
+            (
+                vec![
+                    managed(FIELD_MANAGER, "Apply", without.clone()),
+                    managed("kube-controller-manager", "Update", with_replicas.clone()),
+                ],
+                Some(4),
+                None,
+            ),
+            // Another manager's update of the same field is not the operator's apply.
+            (
+                vec![managed(FIELD_MANAGER, "Update", with_replicas.clone())],
+                Some(2),
+                None,
+            ),
+            (vec![], Some(2), None),
+            (
+                vec![managed(FIELD_MANAGER, "Apply", with_replicas)],
+                None,
+                None,
+            ),
+        ] {
+            let d = deployment(serde_json::Value::Array(entries.clone()), replicas);
+            assert_eq!(replicas_to_hand_over(&d), want, "{entries:?}");
+        }
+    }
+
+    #[test]
+    fn ready_means_the_floor_serves_on_the_current_template() {
+        let running = |message: &str| {
+            Some(Readiness {
+                phase: "Running",
+                ready: true,
+                reason: "ReplicasReady",
+                message: message.into(),
+            })
+        };
+        for (ready, desired, floor, current, want) in [
+            // Autoscaling, min 1: a scale-up from 1 to 3 in progress is not an outage.
+            (
+                1,
+                3,
+                1,
+                true,
+                running("1/3 replicas caught up and serving (at least 1 needed)"),
+            ),
+            (
+                3,
+                3,
+                1,
+                true,
+                running("3/3 replicas caught up and serving (at least 1 needed)"),
+            ),
+            (0, 3, 1, true, None),
+            // A template rollout in progress is not Running, whatever serves.
+            (3, 3, 1, false, None),
+            // Without autoscaling the floor is every desired replica.
+            (2, 3, 3, true, None),
+            (3, 3, 3, true, running("3/3 replicas caught up and serving")),
+        ] {
+            assert_eq!(
+                readiness(ready, desired, floor, current),
+                want,
+                "{ready}/{desired} floor {floor} current {current}"
+            );
+        }
+        assert_eq!(readiness(0, 0, 0, true).map(|r| r.phase), Some("Idle"));
+    }
+
+    #[test]
+    fn the_cpu_reading_comes_from_the_hpas_resource_metric() {
+        let status: HorizontalPodAutoscalerStatus = serde_json::from_value(serde_json::json!({
+            "desiredReplicas": 2,
+            "currentMetrics": [
+                {"type": "Pods", "pods": {"metric": {"name": "rps"}, "current": {"averageValue": "5"}}},
+                {"type": "Resource", "resource": {"name": "cpu",
+                    "current": {"averageUtilization": 130, "averageValue": "130m"}}}
+            ]
+        }))
+        .expect("status");
+        assert_eq!(cpu_reading(&status), (Some(130), Some("130m".into())));
+        assert_eq!(
+            cpu_reading(&HorizontalPodAutoscalerStatus::default()),
+            (None, None)
+        );
     }
 
     #[test]
@@ -349,6 +607,7 @@ mod tests {
         let rm = read_model(1, json!({"autoscaling": autoscaling()}));
         let script = Script::new()
             .then(get(PIPELINE, shop()))
+            .then(get_missing(DEPLOYMENT))
             .then(apply(CONFIG_MAP, "ConfigMap", KIND).body(|b| {
                 let config = b["data"]["config.json"].as_str().unwrap_or_default();
                 assert!(config.contains("shop-inventory-events"), "{config}");
@@ -415,6 +674,65 @@ mod tests {
                 assert_eq!(st["observedGeneration"], 2, "{st}");
                 assert_eq!(st["desiredReplicas"], 3, "{st}");
                 assert_eq!(st["phase"], "Progressing", "{st}");
+            }));
+        let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    /// Turning autoscaling on for a Deployment the operator runs at 3 replicas: a second field
+    /// manager applies the 3 before the operator's apply drops the field, so it never defaults
+    /// to 1.
+    #[tokio::test]
+    async fn turning_autoscaling_on_hands_the_replicas_over_first() {
+        let rm = read_model(
+            2,
+            json!({"replicas": 3, "autoscaling": {"minReplicas": 1,
+            "maxReplicas": 4, "targetCpuUtilization": 50}}),
+        );
+        let stored = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "shop-view-read", "namespace": "prod", "generation": 1,
+                "managedFields": [{"manager": "kartflow-operator", "operation": "Apply",
+                    "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}]},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
+                "updatedReplicas": 3, "availableReplicas": 3}
+        });
+        let script = Script::new()
+            .then(get(PIPELINE, shop()))
+            .then(get(DEPLOYMENT, stored.clone()))
+            .then(testing::apply_replicas_handover(DEPLOYMENT, 3))
+            .then(apply(CONFIG_MAP, "ConfigMap", KIND))
+            .any_order([
+                apply(DEPLOYMENT, "Deployment", KIND)
+                    .body(|b| assert!(b["spec"].get("replicas").is_none(), "{b}"))
+                    .reply(stored),
+                apply(SERVICE, "Service", KIND),
+                apply(PDB, "PodDisruptionBudget", KIND),
+                apply(HPA, "HorizontalPodAutoscaler", KIND).reply(json!({
+                    "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": "shop-view-read", "namespace": "prod"},
+                    "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "shop-view-read"}},
+                    "status": {"currentReplicas": 3, "desiredReplicas": 2, "currentMetrics": [
+                        {"type": "Resource", "resource": {"name": "cpu",
+                            "current": {"averageUtilization": 35, "averageValue": "35m"}}}]}
+                })),
+            ])
+            .then(apply_status(&rm).body(|b| {
+                let st = &b["status"];
+                assert_eq!(st["phase"], "Running", "{st}");
+                assert_eq!(
+                    (&st["currentReplicas"], &st["desiredReplicas"]),
+                    (&json!(3), &json!(2)),
+                    "{st}"
+                );
+                assert_eq!(
+                    (&st["cpuUtilization"], &st["cpuAverage"]),
+                    (&json!(35), &json!("35m")),
+                    "{st}"
+                );
+                assert_eq!(condition(st, "Ready")["status"], "True", "{st}");
             }));
         let r = testing::reconcile(script, |ctx| reconcile(typed(&rm), ctx)).await;
         assert!(r.result.is_ok(), "{:?}", r.result);

@@ -212,6 +212,25 @@ pub(crate) fn apply(path: impl Into<String>, kind: &'static str, owner: &'static
     call
 }
 
+/// Server-side apply by the operator's replicas hand-over field manager (forced) of `replicas`
+/// alone, on the Deployment at `path`; answered with what was sent.
+pub(crate) fn apply_replicas_handover(path: impl Into<String>, replicas: i64) -> Call {
+    let mut call = Call::new(Method::PATCH, path, Reply::Echo).body(move |b| {
+        assert_eq!(b["kind"], "Deployment", "{b}");
+        assert_eq!(
+            b["spec"],
+            json!({"replicas": replicas}),
+            "only the replicas: {b}"
+        );
+    });
+    call.query = vec![
+        ("fieldManager", "kartflow-operator-replicas-handover"),
+        ("force", "true"),
+    ];
+    call.content_type = Some(SSA);
+    call
+}
+
 /// Server-side apply of the status of `object` (a custom resource as JSON); answered with
 /// `object` carrying the status sent.
 pub(crate) fn apply_status(object: &Value) -> Call {

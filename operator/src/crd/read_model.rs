@@ -1,6 +1,7 @@
 //! `ReadModel`: broadcast read replicas that each hold the whole product view and serve it over
 //! REST and WebSocket, scaled by CPU.
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kartflow_wire::topics;
 use kube::{CustomResource, KubeSchema};
@@ -27,6 +28,7 @@ use super::common::{CommonStatus, KafkaConnection, LocalObjectRef};
         type_ = "integer",
         json_path = ".status.desiredReplicas"
     ),
+    printcolumn(name = "CPU%", type_ = "integer", json_path = ".status.cpuUtilization"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -133,7 +135,7 @@ impl Default for WebSocketSettings {
 
 /// CPU-based autoscaling. Never on consumer lag: every replica reads every partition, so lag
 /// does not fall as replicas are added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be at most autoscaling.maxReplicas"))]
 pub struct Autoscaling {
@@ -147,10 +149,15 @@ pub struct Autoscaling {
     #[serde(default = "default_cpu_target")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
-    /// Scale-down stabilisation window in seconds.
+    /// Scale-down stabilisation window in seconds (`behavior.scaleDown.stabilizationWindowSeconds`
+    /// when `behavior` does not set it).
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+    /// Passed through to the HorizontalPodAutoscaler's `spec.behavior` (scale-up and scale-down
+    /// policies and stabilisation windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
 fn yes() -> bool {
@@ -180,6 +187,12 @@ pub struct ReadModelStatus {
     pub current_replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
+    /// Average CPU of the replicas in percent of their request, as the HPA last measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_utilization: Option<i32>,
+    /// The same as a quantity per replica (e.g. `130m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_average: Option<String>,
     /// Topics the replicas read, after resolving `pipelineRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_topics: Option<ReadModelTopics>,
