@@ -32,9 +32,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kartflow_operator::crd::ReadModel;
 use kartflow_testkit::cluster::{self, TestNamespace, wait_for};
 use kartflow_testkit::{http, stack};
+use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Api;
 use serde_json::{Value, json};
 
 const RELEASE: &str = "kartflow-hpa";
