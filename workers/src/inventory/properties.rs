@@ -108,7 +108,7 @@ proptest! {
             let out = step(&mut state, to_input(op), now);
             for key in state.keys.values() {
                 if let Some(p) = &key.product {
-                    prop_assert!(p.inventory >= 0, "{p:?}");
+                    prop_assert!(p.inventory() >= 0, "{p:?}");
                 }
                 prop_assert!(key.oversold.units >= 0);
             }
@@ -116,7 +116,7 @@ proptest! {
                 prop_assert!(e.previous_inventory >= 0 && e.current_inventory >= 0, "{e:?}");
             }
             for p in &out.products {
-                prop_assert!(p.inventory >= 0, "{p:?}");
+                prop_assert!(p.inventory() >= 0, "{p:?}");
             }
         }
     }

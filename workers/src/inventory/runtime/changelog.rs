@@ -102,7 +102,7 @@ impl ConsumerContext for RestoreContext {}
 pub fn encode_key(state: Option<&KeyState>) -> Option<Vec<u8>> {
     state
         .filter(|k| !k.is_empty())
-        .and_then(|k| serde_json::to_vec(k).ok())
+        .and_then(|k| k.to_json().ok())
 }
 
 /// Applies one changelog record to a partition being restored.

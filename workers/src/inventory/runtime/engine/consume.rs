@@ -2,7 +2,7 @@
 //! everything else: records, ticks, batch commits, lag refreshes, admin commands and shutdown.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -55,7 +55,8 @@ pub fn run(
         needs_rewind: false,
         fatal: None,
         assigned_once: false,
-        bootstrap: setup.bootstrap.map(Arc::new),
+        bootstrap: setup.bootstrap,
+        dlq_log: super::DlqLogLimit::new(),
         savepoint: setup.savepoint,
         metrics: setup.metrics.clone(),
         status: setup.status.clone(),
@@ -140,6 +141,7 @@ pub fn run(
             || core.txn_started.is_some_and(|t| t.elapsed() >= batch_time);
         if batch_due {
             core.commit_or_rewind(&consumer);
+            core.publish_status();
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {
             last_lag = Instant::now();
