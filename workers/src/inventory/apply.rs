@@ -360,10 +360,11 @@ fn deduct(
         now_ms,
     ));
     if shortfall > 0 {
-        key.oversold.units = key.oversold.units.saturating_add(shortfall);
-        key.oversold.lines = key.oversold.lines.saturating_add(1);
-        key.oversold.last_order_id = Some(line.order_id.clone());
-        key.oversold.last_at_ms = Some(now_ms);
+        let oversold = key.oversold.get_or_insert_with(Box::default);
+        oversold.units = oversold.units.saturating_add(shortfall);
+        oversold.lines = oversold.lines.saturating_add(1);
+        oversold.last_order_id = Some(line.order_id.clone());
+        oversold.last_at_ms = Some(now_ms);
         let oversell = emit::Oversell {
             order_id: &line.order_id,
             quantity: line.quantity,

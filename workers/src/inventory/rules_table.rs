@@ -191,7 +191,7 @@ fn oversell_is_recorded_not_silently_clamped() {
         out.alerts[0].message
     );
     step(&mut state, Input::OrderLine(line("b", "P1", 4)), T0 + 2);
-    let oversold = &state.keys["P1"].oversold;
+    let oversold = state.keys["P1"].oversold();
     assert_eq!((oversold.units, oversold.lines), (7, 2));
     assert_eq!(oversold.last_order_id.as_deref(), Some("order-b"));
     assert_eq!(inventory(&state, "P1"), Some(0));

@@ -56,8 +56,9 @@ pub struct KeyState {
     pub seen: SeenIds,
     /// Order lines that arrived before their product, in arrival order.
     pub orphans: Vec<BufferedLine>,
-    /// Demand that could not be served because stock was short.
-    pub oversold: Oversold,
+    /// Demand that could not be served because stock was short; boxed because few products
+    /// ever have it (`None` when nothing was oversold).
+    pub oversold: Option<Box<Oversold>>,
     /// Counts the changes of the product record (each upsert and each deduction). It makes alert
     /// ids stable: replaying the same inputs from the same state gives the same versions.
     pub version: u64,
@@ -92,6 +93,14 @@ impl Oversold {
         self.lines == 0
     }
 }
+
+/// What [`KeyState::oversold`] reads for a product never oversold.
+static NOT_OVERSOLD: Oversold = Oversold {
+    units: 0,
+    lines: 0,
+    last_order_id: None,
+    last_at_ms: None,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The product, held once.
@@ -511,7 +520,7 @@ impl KeyState {
             stale_deadline_ms: self.stale_deadline_ms,
             seen_ids: &self.seen,
             orphans: &self.orphans,
-            oversold: &self.oversold,
+            oversold: self.oversold(),
             version: self.version,
         }
     }
@@ -557,13 +566,18 @@ impl<'de> Deserialize<'de> for KeyState {
             stale_deadline_ms: w.stale_deadline_ms,
             seen,
             orphans: w.orphans,
-            oversold: w.oversold,
+            oversold: (!w.oversold.is_none()).then(|| Box::new(w.oversold)),
             version: w.version,
         })
     }
 }
 
 impl KeyState {
+    /// The oversell record (all zero when nothing was oversold).
+    pub fn oversold(&self) -> &Oversold {
+        self.oversold.as_deref().unwrap_or(&NOT_OVERSOLD)
+    }
+
     /// Nothing left worth keeping: the key can be dropped (a changelog writes a tombstone).
     pub fn is_empty(&self) -> bool {
         self.product.is_none()
@@ -643,12 +657,12 @@ mod tests {
                     buffered_at_ms: 7,
                 }],
                 stale_deadline_ms: Some(99),
-                oversold: Oversold {
+                oversold: Some(Box::new(Oversold {
                     units: 3,
                     lines: 1,
                     last_order_id: Some("o0".into()),
                     last_at_ms: Some(1),
-                },
+                })),
                 ..KeyState::default()
             },
         );

@@ -231,11 +231,11 @@ mod tests {
     fn replaying_records_rebuilds_state_and_meta() {
         let mut r = Restored::default();
         let k = KeyState {
-            oversold: Oversold {
+            oversold: Some(Box::new(Oversold {
                 units: 2,
                 lines: 1,
                 ..Oversold::default()
-            },
+            })),
             ..KeyState::default()
         };
         let bytes = encode_key(Some(&k)).expect("non-empty key encodes");

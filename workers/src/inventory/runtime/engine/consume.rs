@@ -21,9 +21,20 @@ pub fn run(
 ) -> Result<(), EngineError> {
     let s = &setup.settings;
     let transactional_id = format!("{}-{}", s.group_id(), setup.instance);
-    let producer: ThreadedProducer<DefaultProducerContext> = setup
-        .client
-        .clone()
+    let mut producer_config = setup.client.clone();
+    // A bounded producer queue: a batch (maxBatchRecords lines, three outputs each, plus the
+    // changelog) fits many times over, and the bootstrap transaction of a large catalogue waits
+    // for deliveries instead of copying up to 100,000 records (librdkafka's default) into memory
+    // that the allocator keeps afterwards. A user's own setting wins.
+    for (key, value) in [
+        ("queue.buffering.max.messages", "20000"),
+        ("queue.buffering.max.kbytes", "16384"),
+    ] {
+        if producer_config.get(key).is_none() {
+            producer_config.set(key, value);
+        }
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_config
         .set("transactional.id", &transactional_id)
         .set("transaction.timeout.ms", "60000")
         .set("partitioner", "murmur2_random")
