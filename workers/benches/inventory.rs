@@ -967,10 +967,10 @@ fn bench(args: &Args, bootstrap: &str, created: &Created, run: &str, dir: &Path)
                 empty.rss_kib as f64 / 1024.0,
                 empty.hwm_kib as f64 / 1024.0
             ));
-            for &n in &args.rss_products {
+            for (i, &n) in args.rss_products.iter().enumerate() {
                 let file = dir.join(format!("products-{n}.ndjson"));
                 let bytes = write_products(&file, n);
-                let mrun = format!("{run}-mem-{name}-{n}");
+                let mrun = format!("{run}-mem-{name}-{n}-{i}");
                 let (mo, mu) = (format!("{mrun}-orders"), format!("{mrun}-updates"));
                 create_topics(bootstrap, created, &[&mo, &mu]);
                 let c = WorkerConfig {
