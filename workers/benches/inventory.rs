@@ -114,7 +114,10 @@ impl Created {
     }
 
     fn delete_all(&self, bootstrap: &str) {
-        let names: Vec<String> = std::mem::take(&mut *self.0.lock().expect("lock"));
+        let mut names: Vec<String> = std::mem::take(&mut *self.0.lock().expect("lock"));
+        // The broker refuses a deletion request naming a topic twice.
+        names.sort();
+        names.dedup();
         if names.is_empty() {
             return;
         }
