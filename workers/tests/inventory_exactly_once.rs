@@ -32,6 +32,7 @@ fn every_order_line_applies_exactly_once_across_sigkills() {
     );
     let bootstrap = workload.write_bootstrap_file(&dir);
     let pipeline = PipelineConfig::new("eos", &topics, Some(bootstrap), &dir.savepoint_url());
+    let _cleanup = kafka.cleanup_on_drop(&[&topics], &[&pipeline]);
     let mut worker = Worker::new(&dir, &pipeline, "eos-0");
     worker.start_ready(READY);
 

@@ -38,6 +38,7 @@ fn orphans_wait_for_their_product_and_poison_pills_go_to_the_dlq() {
         .collect();
     std::fs::write(&bootstrap, serde_json::to_string(&file).expect("json")).expect("write");
     let pipeline = PipelineConfig::new("orphans", &topics, Some(bootstrap), &dir.savepoint_url());
+    let _cleanup = kafka.cleanup_on_drop(&[&topics], &[&pipeline]);
     let mut worker = Worker::new(&dir, &pipeline, "orphans-0");
     worker.start_ready(Duration::from_secs(60));
     let producer = kafka.producer();

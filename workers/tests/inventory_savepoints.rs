@@ -173,6 +173,7 @@ fn a_savepoint_of_two_workers_restores_into_one_and_into_three() {
     let t3 = topics.with_new_outputs("sp3");
     let p1 = PipelineConfig::new("sp1", &t1, Some(bootstrap.clone()), &storage);
     let p3 = PipelineConfig::new("sp3", &t3, Some(bootstrap.clone()), &storage);
+    let _cleanup = kafka.cleanup_on_drop(&[&topics, &t1, &t3], &[&p1, &p2, &p3]);
     let from = ["--from-savepoint", location.as_str()];
     let mut one = Worker::new(&dir, &p1, "sp1-a").with_args(&from);
     let mut three: Vec<Worker> = ["sp3-a", "sp3-b", "sp3-c"]
@@ -290,12 +291,9 @@ fn a_savepoint_of_two_workers_restores_into_one_and_into_three() {
     let bytes = std::fs::read(&victim).expect("read");
     std::fs::write(&victim, &bytes[..bytes.len() / 2]).expect("truncate");
     let bad_location = format!("file://{}", bad_root.display());
-    let p_bad = PipelineConfig::new(
-        "spbad",
-        &topics.with_new_outputs("spbad"),
-        Some(bootstrap),
-        &storage,
-    );
+    let t_bad = topics.with_new_outputs("spbad");
+    let p_bad = PipelineConfig::new("spbad", &t_bad, Some(bootstrap), &storage);
+    let _cleanup_bad = kafka.cleanup_on_drop(&[&t_bad], &[&p_bad]);
     let mut refused =
         Worker::new(&dir, &p_bad, "spbad-a").with_args(&["--from-savepoint", &bad_location]);
     refused.start();

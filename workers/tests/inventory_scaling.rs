@@ -50,6 +50,7 @@ fn adding_and_removing_workers_mid_stream_changes_nothing_in_the_counts() {
     let want = workload.expected();
     let bootstrap = workload.write_bootstrap_file(&dir);
     let pipeline = PipelineConfig::new("scale", &topics, Some(bootstrap), &dir.savepoint_url());
+    let _cleanup = kafka.cleanup_on_drop(&[&topics], &[&pipeline]);
     let mut a = Worker::new(&dir, &pipeline, "scale-a");
     let mut b = Worker::new(&dir, &pipeline, "scale-b");
     let mut c = Worker::new(&dir, &pipeline, "scale-c");

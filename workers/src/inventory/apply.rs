@@ -18,13 +18,15 @@
 //! - Order lines are deduplicated by `eventId` for `dedupRetention`. An id is remembered whatever
 //!   its fate (applied, buffered, dead-lettered), so each id has exactly one outcome.
 //! - Invalid records go to the DLQ with the field named; nothing panics.
+//! - Outputs are stamped with the processing time `now_ms`; alerts carry a stable id (see
+//!   [`super::io::AlertOut`]).
 
 use kartflow_wire::{EventType, OrderLine, Product};
 
 use super::InventoryRules;
 use super::emit;
 use super::io::{Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
-use super::state::{BufferedLine, KeyState, PartitionState};
+use super::state::{BufferedLine, FileVersion, KeyState, PartitionState, StoredProduct};
 use super::validate::{validate_order_line, validate_product};
 
 /// Applies one input at processing time `now_ms` (epoch ms). `cfg` must have passed
@@ -59,7 +61,8 @@ fn dead_letter<T: serde::Serialize>(
 /// A bootstrap-file record. Identical to the last one applied for the key → no-op, so re-reading
 /// the same file changes nothing. Otherwise it is an upsert: for a key already bootstrapped, only
 /// the fields the file changed since its last version are taken from it, so editing a price in
-/// the file does not reset stock that orders have consumed since.
+/// the file does not reset stock that orders have consumed since. Only a fingerprint of the last
+/// file version is kept ([`FileVersion`]), not the record.
 fn apply_bootstrap(
     state: &mut PartitionState,
     cfg: &InventoryRules,
@@ -76,50 +79,37 @@ fn apply_bootstrap(
         );
     }
     let id = incoming.product_id.clone();
+    let version = FileVersion::of(&incoming);
     let key = state.keys.entry(id.clone()).or_default();
-    if key.bootstrap.as_ref() == Some(&incoming) {
+    if key.file.as_deref() == Some(&version) {
         return Outputs::new(Disposition::Unchanged);
     }
-    let mut out = Outputs::new(Disposition::Applied);
-    fire_due_stale(key, now_ms, &mut out);
-    let target = match (&key.bootstrap, &key.product) {
-        (Some(old_file), Some(current)) => merge_changed_fields(old_file, current, &incoming),
-        _ => incoming.clone(),
+    let target = match (
+        key.file.as_deref(),
+        key.product.as_ref().map(StoredProduct::to_product),
+    ) {
+        (Some(old_file), Some(Ok(current))) => old_file.merge(&current, &incoming),
+        _ => incoming,
     };
-    key.bootstrap = Some(incoming);
-    upsert(key, cfg, target, now_ms, &mut out);
-    drain_orphans(key, cfg, now_ms, &mut out);
+    let stored = match StoredProduct::new(&target) {
+        Ok(s) => s,
+        Err(e) => {
+            return dead_letter(
+                DlqReason::InvalidRecord,
+                format!("cannot be encoded: {e}"),
+                Source::Bootstrap,
+                &id,
+                &target,
+            );
+        }
+    };
+    let mut out = Outputs::new(Disposition::Applied);
+    fire_due_stale(&id, key, now_ms, &mut out);
+    key.file = Some(Box::new(version));
+    upsert(&id, key, cfg, stored, now_ms, &mut out);
+    drain_orphans(&id, key, cfg, now_ms, &mut out);
     out.touched.insert(id);
     out
-}
-
-/// `current` with every field that differs between `old_file` and `new_file` taken from
-/// `new_file` (a three-way merge with the file as the other side).
-fn merge_changed_fields(old_file: &Product, current: &Product, new_file: &Product) -> Product {
-    fn pick<T: PartialEq + Clone>(old: &T, cur: &T, new: &T) -> T {
-        if old == new { cur.clone() } else { new.clone() }
-    }
-    Product {
-        product_id: new_file.product_id.clone(),
-        name: pick(&old_file.name, &current.name, &new_file.name),
-        description: pick(
-            &old_file.description,
-            &current.description,
-            &new_file.description,
-        ),
-        category: pick(&old_file.category, &current.category, &new_file.category),
-        brand: pick(&old_file.brand, &current.brand, &new_file.brand),
-        price: pick(&old_file.price, &current.price, &new_file.price),
-        inventory: pick(&old_file.inventory, &current.inventory, &new_file.inventory),
-        image_url: pick(&old_file.image_url, &current.image_url, &new_file.image_url),
-        tags: pick(&old_file.tags, &current.tags, &new_file.tags),
-        rating: pick(&old_file.rating, &current.rating, &new_file.rating),
-        review_count: pick(
-            &old_file.review_count,
-            &current.review_count,
-            &new_file.review_count,
-        ),
-    }
 }
 
 /// A `product-updates` record replaces the product record (as in the reference job).
@@ -138,27 +128,44 @@ fn apply_product_update(
             &incoming,
         );
     }
-    let id = incoming.product_id.clone();
+    let stored = match StoredProduct::new(&incoming) {
+        Ok(s) => s,
+        Err(e) => {
+            return dead_letter(
+                DlqReason::InvalidRecord,
+                format!("cannot be encoded: {e}"),
+                Source::ProductUpdates,
+                &incoming.product_id,
+                &incoming,
+            );
+        }
+    };
+    let id = incoming.product_id;
     let key = state.keys.entry(id.clone()).or_default();
     let mut out = Outputs::new(Disposition::Applied);
-    fire_due_stale(key, now_ms, &mut out);
-    upsert(key, cfg, incoming, now_ms, &mut out);
-    drain_orphans(key, cfg, now_ms, &mut out);
+    fire_due_stale(&id, key, now_ms, &mut out);
+    upsert(&id, key, cfg, stored, now_ms, &mut out);
+    drain_orphans(&id, key, cfg, now_ms, &mut out);
     out.touched.insert(id);
     out
 }
 
-/// Stores `incoming` as the product record and emits what changed.
+/// Stores `incoming` as the product record and emits what changed. A record whose stock did not
+/// change raises no stock alert, even when the stock is low: alerts mark changes, so a price-only
+/// update of a product already low does not repeat its LOW_STOCK.
 fn upsert(
+    id: &str,
     key: &mut KeyState,
     cfg: &InventoryRules,
-    incoming: Product,
+    incoming: StoredProduct,
     now_ms: i64,
     out: &mut Outputs,
 ) {
     match key.product.take() {
         None => {
+            key.version += 1;
             out.event(emit::event(
+                id,
                 &incoming,
                 EventType::ProductAdded,
                 0,
@@ -166,17 +173,20 @@ fn upsert(
                 "New product added to catalog".to_owned(),
                 now_ms,
             ));
-            emit::stock_alerts(cfg, &incoming, now_ms, out);
+            emit::stock_alerts(cfg, id, key.version, incoming.inventory(), now_ms, out);
             out.products.push(incoming.clone());
         }
         Some(previous) => {
-            if previous.inventory != incoming.inventory {
-                inventory_change(cfg, &previous, &incoming, now_ms, out);
+            if previous.json() != incoming.json() {
+                key.version += 1;
             }
-            if cfg.is_price_change(previous.price, incoming.price) {
-                price_change(cfg, &previous, &incoming, now_ms, out);
+            if previous.inventory() != incoming.inventory() {
+                inventory_change(cfg, id, key.version, &previous, &incoming, now_ms, out);
             }
-            if previous != incoming {
+            if cfg.is_price_change(previous.price(), incoming.price()) {
+                price_change(cfg, id, key.version, &previous, &incoming, now_ms, out);
+            }
+            if previous.json() != incoming.json() {
                 out.products.push(incoming.clone());
             }
         }
@@ -187,21 +197,24 @@ fn upsert(
 
 fn inventory_change(
     cfg: &InventoryRules,
-    previous: &Product,
-    current: &Product,
+    id: &str,
+    version: u64,
+    previous: &StoredProduct,
+    current: &StoredProduct,
     now_ms: i64,
     out: &mut Outputs,
 ) {
-    let delta = current.inventory.saturating_sub(previous.inventory);
-    let (event_type, reason) = if current.inventory == 0 {
+    let (before, after) = (previous.inventory(), current.inventory());
+    let delta = after.saturating_sub(before);
+    let (event_type, reason) = if after == 0 {
         (
             EventType::OutOfStock,
             "Product is now out of stock".to_owned(),
         )
-    } else if previous.inventory == 0 {
+    } else if before == 0 {
         (
             EventType::BackInStock,
-            format!("Product restocked with {} units", current.inventory),
+            format!("Product restocked with {after} units"),
         )
     } else if delta < 0 {
         (
@@ -215,42 +228,47 @@ fn inventory_change(
         )
     };
     out.event(emit::event(
+        id,
         current,
         event_type,
-        previous.inventory,
-        previous.price,
+        before,
+        previous.price(),
         reason,
         now_ms,
     ));
-    emit::stock_alerts(cfg, current, now_ms, out);
+    emit::stock_alerts(cfg, id, version, after, now_ms, out);
 }
 
 fn price_change(
     cfg: &InventoryRules,
-    previous: &Product,
-    current: &Product,
+    id: &str,
+    version: u64,
+    previous: &StoredProduct,
+    current: &StoredProduct,
     now_ms: i64,
     out: &mut Outputs,
 ) {
-    let diff = current.price - previous.price;
+    let (before, after) = (previous.price(), current.price());
+    let diff = after - before;
     let direction = if diff > 0.0 { "increased" } else { "decreased" };
-    let reason = if previous.price > 0.0 {
-        let percent = (diff / previous.price * 100.0).abs();
+    let reason = if before > 0.0 {
+        let percent = (diff / before * 100.0).abs();
         format!("Price {direction} by ${:.2} ({percent:.1}%)", diff.abs())
     } else {
         format!("Price {direction} by ${:.2}", diff.abs())
     };
     out.event(emit::event(
+        id,
         current,
         EventType::PriceChanged,
-        previous.inventory,
-        previous.price,
+        previous.inventory(),
+        before,
         reason,
         now_ms,
     ));
-    if cfg.is_price_drop(previous.price, current.price) {
+    if cfg.is_price_drop(before, after) {
         out.alerts
-            .push(emit::price_drop_alert(current, previous.price, now_ms));
+            .push(emit::price_drop_alert(id, version, after, before, now_ms));
     }
 }
 
@@ -272,17 +290,16 @@ fn apply_order_line(
     let id = line.product_id.clone();
     let key = state.keys.entry(id.clone()).or_default();
     let mut out = Outputs::new(Disposition::Applied);
-    if fire_due_stale(key, now_ms, &mut out) {
+    if fire_due_stale(&id, key, now_ms, &mut out) {
         out.touched.insert(id.clone());
     }
-    if key.seen.contains_key(&line.event_id) {
+    if !key.seen.insert(&line.event_id, now_ms) {
         out.disposition = Disposition::Duplicate;
         return out;
     }
-    key.seen.insert(line.event_id.clone(), now_ms);
     out.touched.insert(id.clone());
     if key.product.is_some() {
-        deduct(key, cfg, &line, now_ms, &mut out);
+        deduct(&id, key, cfg, &line, now_ms, &mut out);
         return out;
     }
     // Unknown product: wait for it, within bounds. Expire first so a full buffer of stale lines
@@ -314,6 +331,7 @@ fn apply_order_line(
 
 /// Deducts one (already deduplicated) order line from a known product.
 fn deduct(
+    id: &str,
     key: &mut KeyState,
     cfg: &InventoryRules,
     line: &OrderLine,
@@ -323,49 +341,59 @@ fn deduct(
     let Some(product) = key.product.as_mut() else {
         return;
     };
-    let previous = product.inventory;
+    key.version += 1;
+    let version = key.version;
+    let previous = product.inventory();
     let shortfall = line.quantity.saturating_sub(previous).max(0);
-    product.inventory = previous.saturating_sub(line.quantity).max(0);
+    product.set_inventory(previous.saturating_sub(line.quantity).max(0));
     let mut reason = format!("Deducted {} for order {}", line.quantity, line.order_id);
     if shortfall > 0 {
         reason.push_str(&format!(" (oversold by {shortfall})"));
     }
     out.event(emit::event(
+        id,
         product,
         EventType::InventoryDecreased,
         previous,
-        product.price,
+        product.price(),
         reason,
         now_ms,
     ));
     if shortfall > 0 {
-        key.oversold.units = key.oversold.units.saturating_add(shortfall);
-        key.oversold.lines = key.oversold.lines.saturating_add(1);
-        key.oversold.last_order_id = Some(line.order_id.clone());
-        key.oversold.last_at_ms = Some(now_ms);
-        out.alerts.push(emit::oversold_alert(
-            product,
-            &line.order_id,
-            line.quantity,
-            previous,
+        let oversold = key.oversold.get_or_insert_with(Box::default);
+        oversold.units = oversold.units.saturating_add(shortfall);
+        oversold.lines = oversold.lines.saturating_add(1);
+        oversold.last_order_id = Some(line.order_id.clone());
+        oversold.last_at_ms = Some(now_ms);
+        let oversell = emit::Oversell {
+            order_id: &line.order_id,
+            quantity: line.quantity,
+            available: previous,
             shortfall,
-            now_ms,
-        ));
+        };
+        out.alerts
+            .push(emit::oversold_alert(id, version, &oversell, now_ms));
     }
-    emit::stock_alerts(cfg, product, now_ms, out);
+    emit::stock_alerts(cfg, id, version, product.inventory(), now_ms, out);
     out.products.push(product.clone());
     rearm_stale(key, cfg, now_ms);
 }
 
 /// Applies the orphans of a key whose product is now known; expired ones go to the DLQ instead,
 /// so the outcome does not depend on whether a tick ran in between.
-fn drain_orphans(key: &mut KeyState, cfg: &InventoryRules, now_ms: i64, out: &mut Outputs) {
+fn drain_orphans(
+    id: &str,
+    key: &mut KeyState,
+    cfg: &InventoryRules,
+    now_ms: i64,
+    out: &mut Outputs,
+) {
     if key.product.is_none() || key.orphans.is_empty() {
         return;
     }
     expire_orphans(key, cfg, now_ms, out);
     for buffered in std::mem::take(&mut key.orphans) {
-        deduct(key, cfg, &buffered.line, now_ms, out);
+        deduct(id, key, cfg, &buffered.line, now_ms, out);
         out.orphans_applied += 1;
     }
 }
@@ -411,7 +439,7 @@ fn rearm_stale(key: &mut KeyState, cfg: &InventoryRules, now_ms: i64) {
 
 /// Emits STALE_INVENTORY if the key's timer is due, and clears it (it fires once per quiet
 /// period, like the reference job). Returns whether it fired.
-fn fire_due_stale(key: &mut KeyState, now_ms: i64, out: &mut Outputs) -> bool {
+fn fire_due_stale(id: &str, key: &mut KeyState, now_ms: i64, out: &mut Outputs) -> bool {
     let (Some(deadline), Some(product)) = (key.stale_deadline_ms, key.product.as_ref()) else {
         return false;
     };
@@ -422,10 +450,11 @@ fn fire_due_stale(key: &mut KeyState, now_ms: i64, out: &mut Outputs) -> bool {
     // An approximate hour count is all a human-readable reason needs.
     let hours = quiet_ms as f64 / 3_600_000.0;
     out.event(emit::event(
+        id,
         product,
         EventType::StaleInventory,
-        product.inventory,
-        product.price,
+        product.inventory(),
+        product.price(),
         format!("No updates for {hours:.1} hours"),
         now_ms,
     ));
@@ -440,11 +469,11 @@ fn tick(state: &mut PartitionState, cfg: &InventoryRules, now_ms: i64) -> Output
     let retention = cfg.dedup_retention.as_i64();
     let mut emptied = Vec::new();
     for (id, key) in &mut state.keys {
-        let mut changed = fire_due_stale(key, now_ms, &mut out);
+        let mut changed = fire_due_stale(id, key, now_ms, &mut out);
         changed |= expire_orphans(key, cfg, now_ms, &mut out);
         let before = key.seen.len();
         key.seen
-            .retain(|_, first_seen| now_ms.saturating_sub(*first_seen) < retention);
+            .retain(|first_seen| now_ms.saturating_sub(first_seen) < retention);
         changed |= key.seen.len() != before;
         if changed {
             out.touched.insert(id.clone());

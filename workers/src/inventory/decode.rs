@@ -1,13 +1,14 @@
 //! Raw record bytes → typed [`Input`], or a [`DlqEntry`] saying why not. Total over all inputs:
 //! a poison pill becomes a DLQ record, never a panic or a crash loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use kartflow_wire::{OrderLine, Product};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::io::{DlqEntry, DlqReason, Input, Source};
+use super::state::id_hash;
 use super::validate::{validate_order_line, validate_product};
 
 fn reject(
@@ -89,54 +90,100 @@ pub enum BootstrapFileError {
     NotJsonArray(#[source] serde_json::Error),
 }
 
-/// Decodes an initial products file: a JSON array of products, or one product per line (NDJSON).
-/// Returns one result per record in file order. When a `productId` occurs more than once, the
-/// last occurrence wins and the earlier ones are dead-lettered: applying both would make
-/// re-applying the file flip the product back and forth instead of being a no-op.
-pub fn decode_bootstrap_file(
+/// Calls `f(index, record)` for each record of an initial products file (a JSON array of
+/// products, or one product per line), in file order. Records are decoded one at a time and
+/// handed over, so the decoded file is never held as a whole. Duplicate ids are not handled here
+/// (see [`superseded_records`]).
+pub fn each_bootstrap_record(
     bytes: &[u8],
-) -> Result<Vec<Result<Input, DlqEntry>>, BootstrapFileError> {
+    mut f: impl FnMut(usize, Result<Input, DlqEntry>),
+) -> Result<(), BootstrapFileError> {
     let trimmed = bytes.trim_ascii();
-    let records: Vec<Result<Input, DlqEntry>> = if trimmed.starts_with(b"[") {
-        let items: Vec<serde_json::Value> =
-            serde_json::from_slice(trimmed).map_err(BootstrapFileError::NotJsonArray)?;
-        items
-            .iter()
-            .map(|item| {
-                let raw = serde_json::to_vec(item).unwrap_or_default();
-                decode(Source::Bootstrap, None, Some(&raw))
-            })
-            .collect()
+    if trimmed.starts_with(b"[") {
+        let mut de = serde_json::Deserializer::from_slice(trimmed);
+        serde::Deserializer::deserialize_seq(&mut de, ArrayItems(&mut f))
+            .map_err(BootstrapFileError::NotJsonArray)?;
+        de.end().map_err(BootstrapFileError::NotJsonArray)?;
     } else {
         trimmed
             .split(|b| *b == b'\n')
             .filter(|line| !line.trim_ascii().is_empty())
-            .map(|line| decode(Source::Bootstrap, None, Some(line)))
-            .collect()
-    };
-    let mut last_index: HashMap<String, usize> = HashMap::new();
-    for (i, record) in records.iter().enumerate() {
-        if let Ok(Input::Bootstrap(p)) = record {
-            last_index.insert(p.product_id.clone(), i);
-        }
+            .enumerate()
+            .for_each(|(i, line)| f(i, decode(Source::Bootstrap, None, Some(line))));
     }
-    Ok(records
-        .into_iter()
-        .enumerate()
-        .map(|(i, record)| match record {
-            Ok(Input::Bootstrap(p)) if last_index.get(&p.product_id) != Some(&i) => {
-                let id = p.product_id.clone();
-                Err(DlqEntry::for_record(
-                    DlqReason::DuplicateInBootstrap,
-                    format!("productId {id:?} appears again later in the bootstrap file"),
-                    Source::Bootstrap,
-                    &id,
-                    &p,
-                ))
-            }
+    Ok(())
+}
+
+/// Visits the items of a JSON array one by one, each decoded like a line of the file.
+struct ArrayItems<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(usize, Result<Input, DlqEntry>)> serde::de::Visitor<'de> for ArrayItems<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of products")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            let raw = serde_json::to_vec(&item).unwrap_or_default();
+            drop(item);
+            (self.0)(i, decode(Source::Bootstrap, None, Some(&raw)));
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Indices of the valid records whose `productId` (one for which `wanted` holds) appears again
+/// later in the file as a valid record. The last occurrence wins and the earlier ones are
+/// dead-lettered: applying both would make re-applying the file flip the product back and forth
+/// instead of being a no-op. Holds a 128-bit hash per id while it runs, not the records.
+pub fn superseded_records(
+    bytes: &[u8],
+    wanted: impl Fn(&str) -> bool,
+) -> Result<BTreeSet<usize>, BootstrapFileError> {
+    let mut last: HashMap<u128, usize> = HashMap::new();
+    let mut superseded = BTreeSet::new();
+    each_bootstrap_record(bytes, |i, record| {
+        if let Ok(Input::Bootstrap(p)) = record
+            && wanted(&p.product_id)
+            && let Some(earlier) = last.insert(id_hash(&p.product_id), i)
+        {
+            superseded.insert(earlier);
+        }
+    })?;
+    Ok(superseded)
+}
+
+/// The DLQ entry for a record that a later one with the same `productId` supersedes.
+pub fn superseded_entry(product: &Product) -> DlqEntry {
+    let id = &product.product_id;
+    DlqEntry::for_record(
+        DlqReason::DuplicateInBootstrap,
+        format!("productId {id:?} appears again later in the bootstrap file"),
+        Source::Bootstrap,
+        id,
+        product,
+    )
+}
+
+/// Decodes a whole initial products file: one result per record in file order, with superseded
+/// duplicates dead-lettered (see [`superseded_records`]). The worker streams the file instead
+/// ([`each_bootstrap_record`]); this is the same result collected.
+pub fn decode_bootstrap_file(
+    bytes: &[u8],
+) -> Result<Vec<Result<Input, DlqEntry>>, BootstrapFileError> {
+    let superseded = superseded_records(bytes, |_| true)?;
+    let mut out = Vec::new();
+    each_bootstrap_record(bytes, |i, record| {
+        out.push(match record {
+            Ok(Input::Bootstrap(p)) if superseded.contains(&i) => Err(superseded_entry(&p)),
             other => other,
-        })
-        .collect())
+        });
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

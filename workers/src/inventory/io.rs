@@ -3,9 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::Deref;
 
-use kartflow_wire::{Alert, InventoryEvent, OrderLine, Product};
+use kartflow_wire::{Alert, AlertType, InventoryEvent, OrderLine, Product, Severity};
 use serde::{Deserialize, Serialize};
+
+use super::state::StoredProduct;
 
 /// Where a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -140,9 +143,9 @@ pub struct Outputs {
     /// For `inventory-events` and `websocket-fanout`.
     pub events: Vec<InventoryEvent>,
     /// For `inventory-alerts`.
-    pub alerts: Vec<Alert>,
+    pub alerts: Vec<AlertOut>,
     /// Canonical records for the compacted `products` topic, after the change.
-    pub products: Vec<Product>,
+    pub products: Vec<StoredProduct>,
     /// For the DLQ topic (the input itself and/or orphans dead-lettered by this step).
     pub dlq: Vec<DlqEntry>,
     /// Buffered orphans applied because their product arrived.
@@ -176,5 +179,46 @@ impl Outputs {
 
     pub(crate) fn event(&mut self, e: InventoryEvent) {
         self.events.push(e);
+    }
+}
+
+/// An alert with its stable id: `<productId>/<version>/<ALERT_TYPE>`, where `version` counts the
+/// changes of the product's record in state. Replaying the same inputs from the same state (after
+/// a crash or a rebalance) gives the same id, so a consumer outside Kafka (a pager, a mail
+/// gateway) can deduplicate on it. Serialized as the wire [`Alert`] plus `alertId`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertOut {
+    pub id: String,
+    pub alert: Alert,
+}
+
+impl Deref for AlertOut {
+    type Target = Alert;
+    fn deref(&self) -> &Alert {
+        &self.alert
+    }
+}
+
+impl Serialize for AlertOut {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Record<'a> {
+            alert_type: AlertType,
+            product_id: &'a str,
+            message: &'a str,
+            severity: Severity,
+            timestamp: i64,
+            alert_id: &'a str,
+        }
+        Record {
+            alert_type: self.alert.alert_type,
+            product_id: &self.alert.product_id,
+            message: &self.alert.message,
+            severity: self.alert.severity,
+            timestamp: self.alert.timestamp,
+            alert_id: &self.id,
+        }
+        .serialize(s)
     }
 }

@@ -20,10 +20,16 @@ mod rules_table;
 mod testutil;
 
 pub use apply::apply;
-pub use decode::{BootstrapFileError, decode, decode_bootstrap_file};
-pub use io::{Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
+pub use decode::{
+    BootstrapFileError, decode, decode_bootstrap_file, each_bootstrap_record, superseded_entry,
+    superseded_records,
+};
+pub use io::{AlertOut, Disposition, DlqEntry, DlqReason, Input, Outputs, Source};
 pub use kartflow_wire::config::{InventoryRules, Millis};
-pub use state::{BufferedLine, KeyState, Oversold, PartitionState, STATE_SCHEMA_VERSION};
+pub use state::{
+    BufferedLine, FileVersion, KeyState, OLDEST_READABLE_STATE_SCHEMA, Oversold, PartitionState,
+    STATE_SCHEMA_VERSION, SeenIds, StoredProduct,
+};
 pub use validate::ValidationError;
 
 pub mod runtime;

@@ -108,15 +108,15 @@ proptest! {
             let out = step(&mut state, to_input(op), now);
             for key in state.keys.values() {
                 if let Some(p) = &key.product {
-                    prop_assert!(p.inventory >= 0, "{p:?}");
+                    prop_assert!(p.inventory() >= 0, "{p:?}");
                 }
-                prop_assert!(key.oversold.units >= 0);
+                prop_assert!(key.oversold().units >= 0);
             }
             for e in &out.events {
                 prop_assert!(e.previous_inventory >= 0 && e.current_inventory >= 0, "{e:?}");
             }
             for p in &out.products {
-                prop_assert!(p.inventory >= 0, "{p:?}");
+                prop_assert!(p.inventory() >= 0, "{p:?}");
             }
         }
     }
@@ -136,7 +136,7 @@ proptest! {
                      "only an already-due timer may fire: {:?}", again.events);
         for (id, key) in &state.keys {
             prop_assert_eq!(&key.product, &once.keys[id].product);
-            prop_assert_eq!(&key.oversold, &once.keys[id].oversold);
+            prop_assert_eq!(key.oversold(), once.keys[id].oversold());
             prop_assert_eq!(&key.orphans, &once.keys[id].orphans);
         }
     }
@@ -167,7 +167,7 @@ proptest! {
         for i in 0..PRODUCTS {
             let id = pid(i);
             prop_assert_eq!(inventory(&once, &id), inventory(&twice, &id));
-            prop_assert_eq!(once.keys.get(&id).map(|k| &k.oversold), twice.keys.get(&id).map(|k| &k.oversold));
+            prop_assert_eq!(once.keys.get(&id).map(|k| k.oversold()), twice.keys.get(&id).map(|k| k.oversold()));
         }
         prop_assert_eq!(decreases(&outs_once), decreases(&outs_twice));
     }
@@ -197,7 +197,7 @@ proptest! {
         let distinct: BTreeSet<u8> = deliveries.iter().copied().collect();
         let sum: i64 = distinct.iter().map(|&n| nth_quantity(n)).sum();
         prop_assert_eq!(inventory(&state, "P0"), Some((initial - sum).max(0)));
-        let oversold = &state.keys["P0"].oversold;
+        let oversold = state.keys["P0"].oversold();
         prop_assert_eq!(oversold.units, (sum - initial).max(0));
         prop_assert_eq!(decreases(&outs), distinct.len(), "exactly one decrease per distinct line");
         let oversold_alerts = outs.iter().flat_map(|o| &o.alerts)

@@ -191,7 +191,7 @@ fn oversell_is_recorded_not_silently_clamped() {
         out.alerts[0].message
     );
     step(&mut state, Input::OrderLine(line("b", "P1", 4)), T0 + 2);
-    let oversold = &state.keys["P1"].oversold;
+    let oversold = state.keys["P1"].oversold();
     assert_eq!((oversold.units, oversold.lines), (7, 2));
     assert_eq!(oversold.last_order_id.as_deref(), Some("order-b"));
     assert_eq!(inventory(&state, "P1"), Some(0));
@@ -331,8 +331,8 @@ fn orphan_order_is_applied_when_its_product_arrives() {
     assert_eq!(inventory(&state, "P1"), Some(5));
     assert_eq!(state.orphan_count(), 0);
     assert_eq!(
-        out.products.last(),
-        Some(&product("P1", 5, 1.0)),
+        out.products.last().and_then(|p| p.to_product().ok()),
+        Some(product("P1", 5, 1.0)),
         "last canonical record is final"
     );
 }
@@ -475,7 +475,7 @@ fn changed_bootstrap_record_upserts_only_what_the_file_changed() {
     let types: Vec<_> = out.events.iter().map(|e| e.event_type).collect();
     assert_eq!(types, [EventType::PriceChanged]);
     assert_eq!(out.alerts[0].alert_type, AlertType::PriceDrop);
-    assert_eq!(state.product("P1"), Some(&product("P1", 45, 8.0)));
+    assert_eq!(state.product("P1"), Some(product("P1", 45, 8.0)));
     // The file now restocks: its new inventory wins.
     let out = step(&mut state, Input::Bootstrap(product("P1", 80, 8.0)), T0 + 3);
     assert_eq!(out.events[0].event_type, EventType::InventoryIncreased);
@@ -491,7 +491,7 @@ fn product_update_replaces_the_record() {
     let out = step(&mut state, Input::ProductUpdate(renamed.clone()), T0 + 1);
     assert_eq!(out.events[0].product_name, "Kart Deluxe");
     assert_eq!(out.products, vec![renamed.clone()]);
-    assert_eq!(state.product("P1"), Some(&renamed));
+    assert_eq!(state.product("P1"), Some(renamed));
 }
 
 #[test]

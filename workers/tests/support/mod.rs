@@ -495,6 +495,21 @@ pub fn fail_with_logs(workers: &[&Worker], msg: &str) -> ! {
 // ---------------------------------------------------------------------------------------------
 // Kafka.
 
+/// Deletes a test's topics when dropped (see [`Kafka::cleanup_on_drop`]).
+pub struct TopicCleanup {
+    bootstrap: String,
+    names: Vec<String>,
+}
+
+impl Drop for TopicCleanup {
+    fn drop(&mut self) {
+        Kafka {
+            bootstrap: self.bootstrap.clone(),
+        }
+        .delete_topics(&self.names);
+    }
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Rec {
@@ -548,6 +563,60 @@ impl Kafka {
             .expect("create_topics request");
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
+        }
+    }
+
+    /// Whether `topic` exists (from the full topic list, so asking never creates it).
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        let consumer: BaseConsumer = self.config().create().expect("metadata client");
+        let md = consumer
+            .fetch_metadata(None, KAFKA_TIMEOUT)
+            .expect("cluster metadata");
+        md.topics().iter().any(|t| t.name() == topic)
+    }
+
+    /// Deletes `topics` (those that exist); failures are reported, not fatal.
+    pub fn delete_topics(&self, topics: &[String]) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.config().create().expect("admin client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if let Err(e) = rt.block_on(admin.delete_topics(
+            &names,
+            &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)),
+        )) {
+            eprintln!("deleting test topics failed: {e}");
+        }
+    }
+
+    /// Deletes the inputs and outputs of `topics` and the changelogs of `pipelines` when the
+    /// guard drops (declare it before the workers, so they stop first).
+    pub fn cleanup_on_drop(
+        &self,
+        topics: &[&TopicNames],
+        pipelines: &[&PipelineConfig],
+    ) -> TopicCleanup {
+        let mut names = Vec::new();
+        for t in topics {
+            names.extend([
+                t.product_updates.clone(),
+                t.order_events.clone(),
+                t.products.clone(),
+                t.inventory_events.clone(),
+                t.inventory_alerts.clone(),
+                t.websocket_fanout.clone(),
+                t.dlq.clone(),
+            ]);
+        }
+        names.extend(pipelines.iter().map(|p| p.changelog()));
+        names.sort();
+        names.dedup();
+        TopicCleanup {
+            bootstrap: self.bootstrap.clone(),
+            names,
         }
     }
 

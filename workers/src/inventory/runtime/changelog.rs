@@ -102,7 +102,7 @@ impl ConsumerContext for RestoreContext {}
 pub fn encode_key(state: Option<&KeyState>) -> Option<Vec<u8>> {
     state
         .filter(|k| !k.is_empty())
-        .and_then(|k| serde_json::to_vec(k).ok())
+        .and_then(|k| k.to_json().ok())
 }
 
 /// Applies one changelog record to a partition being restored.
@@ -231,11 +231,11 @@ mod tests {
     fn replaying_records_rebuilds_state_and_meta() {
         let mut r = Restored::default();
         let k = KeyState {
-            oversold: Oversold {
+            oversold: Some(Box::new(Oversold {
                 units: 2,
                 lines: 1,
                 ..Oversold::default()
-            },
+            })),
             ..KeyState::default()
         };
         let bytes = encode_key(Some(&k)).expect("non-empty key encodes");

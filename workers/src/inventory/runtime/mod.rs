@@ -15,7 +15,7 @@ use rdkafka::consumer::BaseConsumer;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::inventory::decode_bootstrap_file;
+use crate::inventory::{each_bootstrap_record, superseded_records};
 use crate::kafka;
 use crate::kafka::topics::{self, TopicError};
 use crate::process::{self, ProcessError, Readiness, Shutdown, admin};
@@ -54,26 +54,87 @@ pub enum RunError {
     Process(#[from] ProcessError),
 }
 
-fn load_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
+/// Reads and checks the bootstrap file at start: it must exist, be readable and be a JSON array
+/// or JSON lines. Records are decoded one at a time to count the rejected ones and not kept.
+fn check_bootstrap(path: &PathBuf) -> Result<BootstrapFile, RunError> {
     let bad = |detail: String| RunError::Bootstrap {
         path: path.clone(),
         detail,
     };
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let hash = savepoint::sha256_hex(&bytes);
-    let records = decode_bootstrap_file(&bytes).map_err(|e| bad(e.to_string()))?;
-    let rejected = records.iter().filter(|r| r.is_err()).count();
-    info!(path = %path.display(), records = records.len(), rejected, %hash, "bootstrap file read");
-    Ok(BootstrapFile { hash, records })
+    let duplicates = superseded_records(&bytes, |_| true)
+        .map_err(|e| bad(e.to_string()))?
+        .len();
+    let (mut records, mut rejected) = (0usize, duplicates);
+    each_bootstrap_record(&bytes, |_, r| {
+        records += 1;
+        rejected += usize::from(r.is_err());
+    })
+    .map_err(|e| bad(e.to_string()))?;
+    info!(path = %path.display(), records, rejected, %hash, "bootstrap file checked");
+    Ok(BootstrapFile {
+        path: path.clone(),
+        hash,
+    })
 }
 
 /// Runs the worker until SIGTERM/SIGINT or a savepoint with `stop`.
+///
+/// Start-up checks everything that can be checked before touching Kafka, in this order: the
+/// configuration, the bootstrap file, the control token, the savepoint, the listen addresses;
+/// then, with Kafka, that the inputs exist and are co-partitioned (and match the savepoint);
+/// only then are the changelog and output topics created.
 pub fn run(args: Args) -> Result<(), RunError> {
     let settings: InventorySettings = config::load(&args.config, |k| std::env::var(k).ok())?;
-    let client = kafka::client_config(&settings.kafka)?;
     let runtime = process::runtime(1)?;
 
-    // Start-up checks: inputs exist and are co-partitioned; owned topics exist.
+    let bootstrap = settings
+        .bootstrap_products_file
+        .as_ref()
+        .map(check_bootstrap)
+        .transpose()?;
+    let access = admin::ControlAccess::from_file(settings.control_token_file.as_deref())
+        .map_err(ProcessError::from)?;
+    let savepoint = match &args.from_savepoint {
+        None => None,
+        Some(location) => {
+            let loaded = runtime
+                .block_on(savepoint::load(location))
+                .map_err(EngineError::from)?;
+            if loaded.pipeline != settings.pipeline {
+                warn!(savepoint_pipeline = %loaded.pipeline, pipeline = %settings.pipeline,
+                    "starting from a savepoint of another pipeline");
+            }
+            info!(savepoint = %loaded.id, %location, "savepoint verified");
+            Some(loaded)
+        }
+    };
+
+    let metrics = Metrics::new();
+    let readiness = Readiness::new(api::NOT_READY);
+    let status = engine::SharedStatus::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let api_state = api::ApiState {
+        status: status.clone(),
+        commands: tx,
+        savepoints: Arc::new(Mutex::new(BTreeMap::new())),
+    };
+    let control = admin::control_router(api::control_routes(api_state.clone()), access);
+    let router = admin::router(
+        readiness.clone(),
+        metrics.registry.clone(),
+        api::routes(api_state),
+    );
+    runtime
+        .block_on(admin::serve_with_loopback(settings.admin_listen, router))
+        .map_err(ProcessError::from)?;
+    runtime
+        .block_on(admin::serve_with_loopback(settings.control_listen, control))
+        .map_err(ProcessError::from)?;
+
+    // Kafka: inputs exist and are co-partitioned; then the owned topics are created.
+    let client = kafka::client_config(&settings.kafka)?;
     let meta: BaseConsumer = client
         .create()
         .map_err(|e| RunError::Start(format!("Kafka client: {e}")))?;
@@ -88,6 +149,16 @@ pub fn run(args: Args) -> Result<(), RunError> {
             topics::partition_count(&meta, &t.order_events)?,
         ),
     )?;
+    if let Some(loaded) = &savepoint
+        && loaded.partition_count != partitions
+    {
+        return Err(EngineError::SavepointPartitions {
+            id: loaded.id.clone(),
+            have: loaded.partition_count,
+            want: partitions,
+        }
+        .into());
+    }
     runtime.block_on(async {
         topics::ensure_topic(
             &client,
@@ -118,57 +189,6 @@ pub fn run(args: Args) -> Result<(), RunError> {
     })?;
     drop(meta);
 
-    let bootstrap = settings
-        .bootstrap_products_file
-        .as_ref()
-        .map(load_bootstrap)
-        .transpose()?;
-    let savepoint = match &args.from_savepoint {
-        None => None,
-        Some(location) => {
-            let loaded = runtime
-                .block_on(savepoint::load(location))
-                .map_err(EngineError::from)?;
-            if loaded.partition_count != partitions {
-                return Err(EngineError::SavepointPartitions {
-                    id: loaded.id,
-                    have: loaded.partition_count,
-                    want: partitions,
-                }
-                .into());
-            }
-            if loaded.pipeline != settings.pipeline {
-                warn!(savepoint_pipeline = %loaded.pipeline, pipeline = %settings.pipeline,
-                    "starting from a savepoint of another pipeline");
-            }
-            info!(savepoint = %loaded.id, %location, "savepoint verified");
-            Some(loaded)
-        }
-    };
-
-    let metrics = Metrics::new();
-    let readiness = Readiness::new(api::NOT_READY);
-    let status = engine::SharedStatus::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let api_state = api::ApiState {
-        status: status.clone(),
-        commands: tx,
-        savepoints: Arc::new(Mutex::new(BTreeMap::new())),
-    };
-    let access = admin::ControlAccess::from_file(settings.control_token_file.as_deref())
-        .map_err(ProcessError::from)?;
-    let control = admin::control_router(api::control_routes(api_state.clone()), access);
-    let router = admin::router(
-        readiness.clone(),
-        metrics.registry.clone(),
-        api::routes(api_state),
-    );
-    runtime
-        .block_on(admin::serve_with_loopback(settings.admin_listen, router))
-        .map_err(ProcessError::from)?;
-    runtime
-        .block_on(admin::serve_with_loopback(settings.control_listen, control))
-        .map_err(ProcessError::from)?;
     // From here a SIGTERM lets the loop finish its transaction and leave the group.
     let shutdown = Shutdown::on_signals(runtime.handle());
 

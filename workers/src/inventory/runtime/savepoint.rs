@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::changelog::PartitionMeta;
-use crate::inventory::{PartitionState, STATE_SCHEMA_VERSION};
+use crate::inventory::{OLDEST_READABLE_STATE_SCHEMA, PartitionState, STATE_SCHEMA_VERSION};
 
 /// Version of the savepoint layout itself (manifest and file envelopes).
 pub const FORMAT_VERSION: u32 = 1;
@@ -264,9 +264,10 @@ pub async fn load(location: &str) -> Result<Loaded, SavepointError> {
     };
     let mut partitions = BTreeMap::new();
     for (dir, m) in &manifests {
-        if m.format_version != FORMAT_VERSION || m.state_schema_version != STATE_SCHEMA_VERSION {
+        let readable = OLDEST_READABLE_STATE_SCHEMA..=STATE_SCHEMA_VERSION;
+        if m.format_version != FORMAT_VERSION || !readable.contains(&m.state_schema_version) {
             return Err(incompatible(format!(
-                "{} was written with format {} / state schema {}, this worker reads {FORMAT_VERSION} / {STATE_SCHEMA_VERSION}",
+                "{} was written with format {} / state schema {}, this worker reads {FORMAT_VERSION} / {OLDEST_READABLE_STATE_SCHEMA} to {STATE_SCHEMA_VERSION}",
                 m.instance, m.format_version, m.state_schema_version
             )));
         }
@@ -443,7 +444,9 @@ mod tests {
             .expect("writes");
         let path = dir.join("sp-4/w/_manifest.json");
         let text = std::fs::read_to_string(&path).expect("manifest");
-        let text = text.replace("\"stateSchemaVersion\": 1", "\"stateSchemaVersion\": 99");
+        let current = format!("\"stateSchemaVersion\": {STATE_SCHEMA_VERSION}");
+        assert!(text.contains(&current), "{text}");
+        let text = text.replace(&current, "\"stateSchemaVersion\": 99");
         std::fs::write(&path, text).expect("write manifest");
         let err = load(&w.location).await.expect_err("incompatible");
         assert!(err.to_string().contains("state schema 99"), "{err}");

@@ -2,7 +2,7 @@
 //! everything else: records, ticks, batch commits, lag refreshes, admin commands and shutdown.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,9 +21,20 @@ pub fn run(
 ) -> Result<(), EngineError> {
     let s = &setup.settings;
     let transactional_id = format!("{}-{}", s.group_id(), setup.instance);
-    let producer: ThreadedProducer<DefaultProducerContext> = setup
-        .client
-        .clone()
+    let mut producer_config = setup.client.clone();
+    // A bounded producer queue: a batch (maxBatchRecords lines, three outputs each, plus the
+    // changelog) fits many times over, and the bootstrap transaction of a large catalogue waits
+    // for deliveries instead of copying up to 100,000 records (librdkafka's default) into memory
+    // that the allocator keeps afterwards. A user's own setting wins.
+    for (key, value) in [
+        ("queue.buffering.max.messages", "20000"),
+        ("queue.buffering.max.kbytes", "16384"),
+    ] {
+        if producer_config.get(key).is_none() {
+            producer_config.set(key, value);
+        }
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_config
         .set("transactional.id", &transactional_id)
         .set("transaction.timeout.ms", "60000")
         .set("partitioner", "murmur2_random")
@@ -55,7 +66,8 @@ pub fn run(
         needs_rewind: false,
         fatal: None,
         assigned_once: false,
-        bootstrap: setup.bootstrap.map(Arc::new),
+        bootstrap: setup.bootstrap,
+        dlq_log: super::DlqLogLimit::new(),
         savepoint: setup.savepoint,
         metrics: setup.metrics.clone(),
         status: setup.status.clone(),
@@ -140,6 +152,7 @@ pub fn run(
             || core.txn_started.is_some_and(|t| t.elapsed() >= batch_time);
         if batch_due {
             core.commit_or_rewind(&consumer);
+            core.publish_status();
         }
         if last_lag.elapsed() >= Duration::from_secs(5) {
             last_lag = Instant::now();

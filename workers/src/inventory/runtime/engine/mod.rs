@@ -20,7 +20,8 @@ mod status;
 mod transaction;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::BaseConsumer;
@@ -32,7 +33,7 @@ use thiserror::Error;
 use super::changelog::{PartitionMeta, RestoreError};
 use super::metrics::Metrics;
 use super::savepoint::{Loaded, SavepointError};
-use crate::inventory::{DlqEntry, Input, InventoryRules, PartitionState, Source};
+use crate::inventory::{InventoryRules, PartitionState, Source};
 use crate::process::{Readiness, Shutdown};
 use kartflow_wire::config::InventorySettings;
 
@@ -62,6 +63,8 @@ pub enum EngineError {
         reason: String,
         hint: &'static str,
     },
+    #[error("bootstrapProductsFile {path}: {detail}")]
+    Bootstrap { path: PathBuf, detail: String },
     #[error(
         "savepoint {id} has state for {have} partitions but the inputs have {want}: restore it into a pipeline with the same partition count"
     )]
@@ -72,11 +75,14 @@ pub enum EngineError {
     },
 }
 
-/// The initial products file, decoded once at start.
+/// The initial products file, as checked at start. Its records are not kept: partitions that
+/// need the file (at start or when they arrive in a rebalance) read it again, so a large
+/// catalogue is not held twice.
 #[derive(Debug, Clone)]
 pub struct BootstrapFile {
+    pub path: PathBuf,
+    /// SHA-256 of the content checked at start.
     pub hash: String,
-    pub records: Vec<Result<Input, DlqEntry>>,
 }
 
 /// Everything the loop needs at start.
@@ -102,6 +108,9 @@ struct Slot {
     dirty_keys: BTreeSet<String>,
     meta_dirty: bool,
     lag: BTreeMap<String, i64>,
+    /// Order lines buffered in this partition's state, kept up to date from each input's
+    /// outputs so the status can be published after every commit without a scan.
+    orphans: usize,
 }
 
 /// The loop's mutable state, reachable from the rebalance callbacks.
@@ -129,11 +138,52 @@ struct Core {
     needs_rewind: bool,
     fatal: Option<EngineError>,
     assigned_once: bool,
-    bootstrap: Option<Arc<BootstrapFile>>,
+    bootstrap: Option<BootstrapFile>,
+    dlq_log: DlqLogLimit,
     savepoint: Option<Loaded>,
     metrics: Metrics,
     status: SharedStatus,
     readiness: Readiness,
+}
+
+/// Rate limit of the log line written for each record sent to the DLQ: at most
+/// [`DlqLogLimit::PER_SECOND`] lines a second; the first line after a suppressed stretch says how
+/// many went unlogged (the `dlq_total` metric counts them all).
+#[derive(Debug)]
+pub(crate) struct DlqLogLimit {
+    window: Option<Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl DlqLogLimit {
+    pub(crate) const PER_SECOND: u32 = 10;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            window: None,
+            in_window: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if a line may be logged at `now`, `n` being the lines suppressed since the last
+    /// one logged; `None` if this one is suppressed.
+    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
+        let fresh = self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
+        if fresh {
+            self.window = Some(now);
+            self.in_window = 0;
+        }
+        if self.in_window >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 pub struct Ctx {
@@ -170,5 +220,29 @@ impl Core {
             self.settings.topics.product_updates.clone(),
             self.settings.topics.order_events.clone(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn dlq_log_lines_are_rate_limited_and_count_what_they_skip() {
+        let mut limit = DlqLogLimit::new();
+        let t0 = Instant::now();
+        for _ in 0..DlqLogLimit::PER_SECOND {
+            assert_eq!(limit.admit(t0), Some(0));
+        }
+        assert_eq!(limit.admit(t0 + Duration::from_millis(10)), None);
+        assert_eq!(limit.admit(t0 + Duration::from_millis(900)), None);
+        assert_eq!(
+            limit.admit(t0 + Duration::from_millis(1_000)),
+            Some(2),
+            "the next window's first line reports the two suppressed"
+        );
+        assert_eq!(limit.admit(t0 + Duration::from_millis(1_001)), Some(0));
     }
 }

@@ -130,6 +130,7 @@ impl Core {
                 dirty_keys: BTreeSet::new(),
                 meta_dirty: false,
                 lag: BTreeMap::new(),
+                orphans: 0,
             };
             if let Some(sp) = &self.savepoint
                 && slot.meta.savepoint_id.as_deref() != Some(sp.id.as_str())
@@ -150,6 +151,7 @@ impl Core {
                 slot.meta_dirty = true;
                 info!(partition = p, savepoint = %sp.id, "partition started from savepoint");
             }
+            slot.orphans = slot.state.orphan_count();
             self.to_seek.insert(p);
             self.to_bootstrap.insert(p);
             self.slots.insert(p, slot);

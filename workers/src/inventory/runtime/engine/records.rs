@@ -1,16 +1,21 @@
 //! One consumed record (or tick, or bootstrap product) in: decode, apply to its partition's
 //! state, and enqueue what it produced (outputs, DLQ entries) in the open transaction.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use serde::Serialize;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Core, EngineError, now_ms};
-use crate::inventory::{Disposition, DlqEntry, Input, Outputs, Source, apply, decode};
+use crate::inventory::runtime::savepoint::sha256_hex;
+use crate::inventory::{
+    Disposition, DlqEntry, DlqReason, Input, Outputs, Source, apply, decode, each_bootstrap_record,
+    superseded_entry, superseded_records,
+};
 use crate::kafka::partitioner::partition_for_key;
 
 impl Core {
@@ -39,7 +44,7 @@ impl Core {
     }
 
     fn send_dlq(
-        &self,
+        &mut self,
         entry: &DlqEntry,
         origin: Option<(&str, i32, i64)>,
     ) -> Result<(), EngineError> {
@@ -77,6 +82,21 @@ impl Core {
             .dlq
             .with_label_values(&[entry.reason.as_str()])
             .inc();
+        if let Some(suppressed) = self.dlq_log.admit(Instant::now()) {
+            let key = entry.key.as_deref().map(String::from_utf8_lossy);
+            let (partition, offset) = origin.map(|(_, p, o)| (p, o)).unzip();
+            warn!(
+                reason = entry.reason.as_str(),
+                detail = %entry.detail,
+                topic = %source_topic,
+                partition,
+                offset,
+                key = key.as_deref(),
+                dlq_topic = %self.settings.topics.dlq,
+                suppressed_since_last_line = suppressed,
+                "record sent to the DLQ"
+            );
+        }
         let key = entry.key.clone().unwrap_or_default();
         self.send(
             &self.settings.topics.dlq,
@@ -87,14 +107,22 @@ impl Core {
         )
     }
 
-    fn emit(&self, out: &Outputs) -> Result<(), EngineError> {
+    fn emit(&mut self, id: Option<&str>, out: &Outputs) -> Result<(), EngineError> {
         let t = &self.settings.topics;
         for p in &out.products {
-            self.send_json(&t.products, &p.product_id, p)?;
+            // The stored record is the canonical JSON: no encoding here.
+            let key = id.map_or_else(
+                || p.to_product().map(|p| p.product_id).unwrap_or_default(),
+                str::to_owned,
+            );
+            self.send(&t.products, None, key.as_bytes(), Some(p.json()), None)?;
         }
         for e in &out.events {
-            self.send_json(&t.inventory_events, &e.product_id, e)?;
-            self.send_json(&t.websocket_fanout, &e.product_id, e)?;
+            // One encoding for both topics.
+            let bytes = serde_json::to_vec(e).unwrap_or_default();
+            let key = e.product_id.as_bytes();
+            self.send(&t.inventory_events, None, key, Some(&bytes), None)?;
+            self.send(&t.websocket_fanout, None, key, Some(&bytes), None)?;
         }
         for a in &out.alerts {
             self.send_json(&t.inventory_alerts, &a.product_id, a)?;
@@ -121,8 +149,21 @@ impl Core {
         let Some(slot) = self.slots.get_mut(&p) else {
             return Ok(());
         };
+        let id = match &input {
+            Input::Bootstrap(p) | Input::ProductUpdate(p) => Some(p.product_id.clone()),
+            Input::OrderLine(l) => Some(l.product_id.clone()),
+            Input::Tick => None,
+        };
         let out = apply(&mut slot.state, &self.rules, input, now);
         slot.dirty_keys.extend(out.touched.iter().cloned());
+        // Orphans enter only as `Buffered` and leave only applied or expired to the DLQ.
+        let expired = out
+            .dlq
+            .iter()
+            .filter(|d| d.reason == DlqReason::OrphanExpired)
+            .count();
+        let buffered = usize::from(out.disposition == Disposition::Buffered);
+        slot.orphans = (slot.orphans + buffered).saturating_sub(out.orphans_applied + expired);
         if out.disposition != Disposition::Tick {
             self.metrics
                 .dispositions
@@ -134,7 +175,7 @@ impl Core {
             return Ok(());
         }
         self.begin()?;
-        self.emit(&out)
+        self.emit(id.as_deref(), &out)
     }
 
     /// One consumed record.
@@ -193,7 +234,9 @@ impl Core {
         Ok(())
     }
 
-    /// Applies the bootstrap file to partitions that have not seen this version of it.
+    /// Applies the bootstrap file to partitions that have not seen this version of it. The file
+    /// is read again here (it is not kept in memory between rebalances) and streamed: one pass
+    /// finds the superseded duplicates, one applies the records of the pending partitions.
     pub(super) fn apply_bootstrap(&mut self) -> Result<(), EngineError> {
         if self.to_bootstrap.is_empty() {
             return Ok(());
@@ -202,37 +245,79 @@ impl Core {
             self.to_bootstrap.clear();
             return Ok(());
         };
-        let pending: Vec<i32> = std::mem::take(&mut self.to_bootstrap).into_iter().collect();
+        let bad = |detail: String| EngineError::Bootstrap {
+            path: file.path.clone(),
+            detail,
+        };
+        let bytes = std::fs::read(&file.path).map_err(|e| bad(e.to_string()))?;
+        let hash = sha256_hex(&bytes);
+        if hash != file.hash {
+            info!(path = %file.path.display(), %hash, checked_at_start = %file.hash,
+                "the bootstrap file changed since start; applying its current content");
+        }
+        let pending: BTreeSet<i32> = std::mem::take(&mut self.to_bootstrap)
+            .into_iter()
+            .filter(|p| {
+                self.slots
+                    .get(p)
+                    .is_some_and(|s| s.meta.bootstrap_hash.as_deref() != Some(hash.as_str()))
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
         let count = i32::try_from(self.partition_count).unwrap_or(i32::MAX);
-        for p in pending {
-            let Some(slot) = self.slots.get(&p) else {
-                continue;
-            };
-            if slot.meta.bootstrap_hash.as_deref() == Some(file.hash.as_str()) {
-                continue;
+        let partition_of = |id: &str| partition_for_key(id.as_bytes(), count);
+        // File-level rejects (undecodable records, superseded duplicates) are reported once, by
+        // partition 0's owner.
+        let reports = pending.contains(&0);
+        let superseded =
+            superseded_records(&bytes, |id| reports || pending.contains(&partition_of(id)))
+                .map_err(|e| bad(e.to_string()))?;
+        self.begin()?;
+        let now = now_ms();
+        let mut failure = None;
+        each_bootstrap_record(&bytes, |i, record| {
+            if failure.is_some() {
+                return;
             }
-            self.begin()?;
-            let now = now_ms();
-            for record in &file.records {
-                match record {
-                    Ok(input) => {
-                        let Input::Bootstrap(product) = input else {
-                            continue;
-                        };
-                        if partition_for_key(product.product_id.as_bytes(), count) == p {
-                            self.apply_to(p, input.clone(), now)?;
-                        }
+            let result = match record {
+                Ok(Input::Bootstrap(product)) if superseded.contains(&i) => {
+                    if reports {
+                        self.send_dlq(&superseded_entry(&product), None)
+                    } else {
+                        Ok(())
                     }
-                    // File-level rejects are reported once, by partition 0's owner.
-                    Err(entry) if p == 0 => self.send_dlq(entry, None)?,
-                    Err(_) => {}
                 }
+                Ok(input @ Input::Bootstrap(_)) => {
+                    let p = match &input {
+                        Input::Bootstrap(product) => partition_of(&product.product_id),
+                        _ => -1,
+                    };
+                    if pending.contains(&p) {
+                        self.apply_to(p, input, now)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Ok(_) => Ok(()),
+                Err(entry) if reports => self.send_dlq(&entry, None),
+                Err(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                failure = Some(e);
             }
-            if let Some(slot) = self.slots.get_mut(&p) {
-                slot.meta.bootstrap_hash = Some(file.hash.clone());
+        })
+        .map_err(|e| bad(e.to_string()))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for p in &pending {
+            if let Some(slot) = self.slots.get_mut(p) {
+                slot.meta.bootstrap_hash = Some(hash.clone());
                 slot.meta_dirty = true;
             }
-            info!(partition = p, hash = %file.hash, "bootstrap products applied");
+            info!(partition = p, %hash, "bootstrap products applied");
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct PartitionStatus {
 pub type SharedStatus = Arc<RwLock<Status>>;
 
 impl Core {
+    /// Publishes readiness, `/v1/status` and the state gauges. Cheap (no scan of the state): the
+    /// loop calls it after every commit and rebalance; lag is refreshed every 5 s.
     pub(super) fn publish_status(&self) {
         let ready = self.assigned_once && self.fatal.is_none();
         self.readiness.set(ready);
@@ -51,7 +53,7 @@ impl Core {
             })
             .collect();
         let state_keys = self.slots.values().map(|s| s.state.keys.len()).sum();
-        let orphans = self.slots.values().map(|s| s.state.orphan_count()).sum();
+        let orphans = self.slots.values().map(|s| s.orphans).sum();
         self.metrics
             .state_keys
             .set(i64::try_from(state_keys).unwrap_or(i64::MAX));
