@@ -72,6 +72,7 @@ fn control_peer(selector: &str, namespace: &str) -> Result<Option<ControlPeer>, 
 }
 
 fn main() -> ExitCode {
+    kartflow_wire::pg_tls::install_default_provider();
     let cli = Cli::parse();
     kartflow_wire::telemetry::init(matches!(cli.log_format, LogFormat::Json));
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -29,6 +29,9 @@ pub fn kubeconfig_path() -> PathBuf {
 /// # Panics
 /// When the kubeconfig is missing or the apiserver does not answer, saying how to start it.
 pub async fn client() -> Client {
+    // The workspace build enables both of rustls's providers (ring for kube, aws-lc-rs for the
+    // worker's S3 client): kube's client needs the process default chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!(

@@ -76,6 +76,15 @@ pub struct TlsSetup {
     pub config: Option<ClientConfig>,
 }
 
+/// Makes ring the process-wide rustls provider. A build that enables both of rustls's providers
+/// (the workspace build: kube asks for ring, the S3 client of object_store for aws-lc-rs) leaves
+/// rustls unable to pick one, and a client built without an explicit provider (kube's) panics.
+/// Call it first thing in a binary; later calls do nothing.
+pub fn install_default_provider() {
+    // Err only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

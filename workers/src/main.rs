@@ -40,6 +40,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    kartflow_wire::pg_tls::install_default_provider();
     let cli = Cli::parse();
     let json_logs = matches!(cli.log_format, LogFormat::Json);
     match cli.command {
