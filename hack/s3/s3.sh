@@ -43,9 +43,11 @@ up() {
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$DATA" \
     >"$LOGFILE" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
-  local start=$SECONDS
+  local start=$SECONDS pid
+  pid=$(cat "$PIDFILE")
   until port_open "$S3_HOST" "$S3_PORT"; do
-    if ! running; then tail -n 20 "$LOGFILE" >&2 || true; die "s3s-fs exited during start-up (log tail above)"; fi
+    # kill -0, not running(): until the child has exec'd, its command line is still this shell's.
+    if ! kill -0 "$pid" 2>/dev/null; then tail -n 20 "$LOGFILE" >&2 || true; die "s3s-fs exited during start-up (log tail above)"; fi
     if (( SECONDS - start >= START_TIMEOUT )); then die "s3s-fs did not listen within $START_TIMEOUT s (log: $LOGFILE)"; fi
     sleep 0.2
   done
