@@ -231,6 +231,15 @@ async fn every_replica_serves_every_product() {
     cms.patch("products", &pp, &Patch::Apply(&cm))
         .await
         .expect("products ConfigMap");
+    // Savepoints go to the local stack's S3 server, with the credentials from a Secret.
+    let s3 = stack::s3();
+    let store = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "savepoint-store"},
+        "stringData": s3.aws_env().into_iter().collect::<BTreeMap<_, _>>()});
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch("savepoint-store", &pp, &Patch::Apply(&store))
+        .await
+        .expect("savepoint-store Secret");
+    let savepoint_url = format!("s3://{}/{}", s3.bucket, stack::unique_name("rm-e2e"));
 
     let t = |name: &str| topic(name);
     let pipeline = json!({
@@ -239,6 +248,8 @@ async fn every_replica_serves_every_product() {
         "spec": {"image": "kartflow/worker:dev", "kafka": {"bootstrapServers": bootstrap},
                  "parallelism": 2,
                  "bootstrapProducts": {"name": "products", "key": "products.json"},
+                 "savepointUrl": savepoint_url,
+                 "savepointCredentials": {"name": "savepoint-store"},
                  "topics": {"productUpdates": t("product-updates"), "orderEvents": t("order-events"),
                     "products": t("products"), "inventoryEvents": t("inventory-events"),
                     "inventoryAlerts": t("inventory-alerts"), "websocketFanout": t("websocket-fanout"),
@@ -319,7 +330,7 @@ async fn every_replica_serves_every_product() {
         assert_eq!(got.len(), PRODUCTS);
         eprintln!("{name} ({addr}) serves all {PRODUCTS} products with the expected inventory");
     }
-    control_api_needs_the_token(&client, &ns).await;
+    control_api_needs_the_token(&client, &ns, &savepoint_url).await;
     let rms: Api<ReadModel> = Api::namespaced(client.clone(), &ns);
     let ready = rms
         .get("view")
@@ -338,9 +349,10 @@ async fn every_replica_serves_every_product() {
 }
 
 /// An inventory worker's control API (savepoints) is on its own port and needs the token of the
-/// pipeline's Secret; the admin port stays open. The NetworkPolicy exists (the process node does
+/// pipeline's Secret; the admin port stays open. The savepoint lands in the S3 store named by
+/// `savepointUrl`, with the credentials of `savepointCredentials`. The NetworkPolicy exists (the process node does
 /// not enforce NetworkPolicies, so the token is what this test can see refuse a caller).
-async fn control_api_needs_the_token(client: &kube::Client, ns: &str) {
+async fn control_api_needs_the_token(client: &kube::Client, ns: &str, savepoint_url: &str) {
     let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
         .get("shop-worker")
         .await
@@ -397,6 +409,10 @@ async fn control_api_needs_the_token(client: &kube::Client, ns: &str) {
         "the operator's token takes a savepoint: {answer}"
     );
     assert!(answer.contains("Completed"), "{answer}");
+    assert!(
+        answer.contains(&format!("{savepoint_url}/e2e-control")),
+        "written to the S3 store with the Secret's credentials: {answer}"
+    );
     let (code, _) = http::request_to(SocketAddr::new(ip, 8080), "GET", "/metrics", None)
         .expect("admin port answers");
     assert_eq!(code, 200, "metrics stay open");

@@ -123,6 +123,11 @@ pub fn inventory_pipeline(ip: &InventoryPipeline) -> Result<PipelineChildren, Bu
             control::CONTROL_PORT,
         )],
         mounts,
+        env_from_secrets: spec
+            .savepoint_credentials
+            .iter()
+            .map(|r| r.name.clone())
+            .collect(),
         resources: spec.resources.clone(),
         node_selector: overrides.node_selector.clone(),
         tolerations: overrides.tolerations.clone(),
@@ -578,6 +583,20 @@ mod tests {
         assert!(
             mount_at(w, "/var/lib/kartflow/savepoints").is_none(),
             "s3: no volume"
+        );
+        assert_eq!(w.env_from, None, "no savepoint credentials named");
+
+        // The object store's credentials come from the named Secret, as env, never from the spec.
+        let c = build(json!({
+            "savepointUrl": "s3://bucket/sp",
+            "savepointCredentials": {"name": "savepoint-store"},
+        }));
+        let from = worker(template(&c)).env_from.clone().unwrap_or_default();
+        assert_eq!(from.len(), 1, "{from:?}");
+        let secret = from[0].secret_ref.as_ref().expect("a Secret");
+        assert_eq!(
+            (secret.name.as_str(), secret.optional),
+            ("savepoint-store", Some(false))
         );
     }
 

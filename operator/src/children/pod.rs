@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, ServicePort, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, ServicePort, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -333,6 +334,8 @@ pub struct WorkerPod {
     pub args: Vec<String>,
     /// Env after [`base_env`].
     pub env: Vec<EnvVar>,
+    /// Secrets whose keys become env (credentials the worker's libraries read from env).
+    pub env_from_secrets: Vec<String>,
     /// Ports before the admin port.
     pub ports: Vec<ContainerPort>,
     /// Volumes besides `/tmp`, which is always added last.
@@ -366,6 +369,18 @@ impl WorkerPod {
             image: Some(self.image),
             args: Some(self.args),
             env: Some(env),
+            env_from: (!self.env_from_secrets.is_empty()).then(|| {
+                self.env_from_secrets
+                    .into_iter()
+                    .map(|name| EnvFromSource {
+                        secret_ref: Some(k8s_openapi::api::core::v1::SecretEnvSource {
+                            name,
+                            optional: Some(false),
+                        }),
+                        ..EnvFromSource::default()
+                    })
+                    .collect()
+            }),
             ports: Some(ports),
             resources: self.resources,
             volume_mounts: Some(volume_mounts),

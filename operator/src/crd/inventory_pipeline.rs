@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{CommonStatus, ConfigMapKeyRef, KafkaConnection};
+use super::common::{CommonStatus, ConfigMapKeyRef, KafkaConnection, LocalObjectRef};
 
 /// Desired state of an inventory pipeline.
 #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,12 @@ pub struct InventoryPipelineSpec {
     #[serde(default = "default_savepoint_url")]
     #[schemars(length(min = 1))]
     pub savepoint_url: String,
+    /// A Secret in the pipeline's namespace whose keys become the workers' environment: the
+    /// object store's credentials and settings for an `s3://` `savepointUrl`
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for an S3-compatible
+    /// server `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`). Never write credentials into the spec itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_credentials: Option<LocalObjectRef>,
     /// How a change of the worker spec is rolled out: `savepoint` (take a savepoint, record it in
     /// status, start the new version from it), `last-state` (restart on the committed state) or
     /// `stateless` (start empty).
