@@ -18,9 +18,7 @@
 //! --nocapture`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,68 +45,6 @@ const LOAD_THREADS: usize = 6;
 
 fn run(tool: &str, args: &[&str]) -> String {
     cluster::run(tool, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Fails clearly when the process node would run a worker without `read-model`.
-fn check_node_worker() {
-    let dev = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
-    let args =
-        std::fs::read_to_string(format!("{dev}/cluster/run/nodeagent.args")).unwrap_or_else(|e| {
-            panic!("the local cluster's node agent is not running ({e}): make cluster-up")
-        });
-    let target = args
-        .split(['\0', '\n'])
-        .find_map(|a| a.strip_prefix("--cargo-target-dir="))
-        .unwrap_or("target")
-        .to_owned();
-    let bin = format!("{target}/debug/kartflow-worker");
-    let ok = Command::new(&bin)
-        .args(["read-model", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "the cluster's node runs kartflow/worker as {bin}, which has no read-model subcommand: \
-         build there or restart the node agent from this worktree (hack/cluster/down.sh, then \
-         hack/cluster/up.sh with this worktree's CARGO_TARGET_DIR)"
-    );
-    assert!(
-        args.contains("--image-var=METRICS_SERVER_BIN="),
-        "the cluster's node agent was started without metrics-server (an older up.sh): \
-         hack/cluster/down.sh, then hack/cluster/up.sh from this tree"
-    );
-}
-
-/// Runs a Kafka tool of the local stack (`hack/kafka/kafka.sh cli`), feeding `stdin`.
-fn kafka_cli(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    let script = cluster::repo_root().join("hack/kafka/kafka.sh");
-    let mut child = Command::new(script)
-        .arg("cli")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("hack/kafka/kafka.sh cli: {e}"))?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("feeding the Kafka tool: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("Kafka tool: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "kafka.sh cli {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 /// Uninstalls the release and deletes the test namespace and topics, also when the test fails.
@@ -141,7 +77,7 @@ impl Drop for Cleanup {
         );
         let bootstrap = stack::kafka_bootstrap();
         for t in &self.topics {
-            let _ = kafka_cli(
+            let _ = cluster::kafka_cli(
                 &[
                     "TopicCommand",
                     "--bootstrap-server",
@@ -288,7 +224,7 @@ fn start_load(
 async fn read_replicas_scale_by_cpu() {
     let started = Instant::now();
     let secs = || started.elapsed().as_secs_f64();
-    check_node_worker();
+    cluster::require_node_worker("read-model");
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
     let _ = cluster::run(
@@ -346,7 +282,7 @@ async fn read_replicas_scale_by_cpu() {
     let bootstrap = stack::kafka_bootstrap();
     for t in ["products", "inventory-events"] {
         cleanup.topics.push(topic(t));
-        kafka_cli(
+        cluster::kafka_cli(
             &[
                 "TopicCommand",
                 "--bootstrap-server",
@@ -371,7 +307,7 @@ async fn read_replicas_scale_by_cpu() {
             "imageUrl": "", "tags": ["e2e"], "rating": 4.5, "reviewCount": 3});
         lines.push_str(&format!("{id}|{p}\n"));
     }
-    kafka_cli(
+    cluster::kafka_cli(
         &[
             "ConsoleProducer",
             "--bootstrap-server",

@@ -1222,6 +1222,16 @@ async fn paused_leader_does_not_drop(client: &Client, system: &str, ns: &str) {
     cdcs.delete("guard-paused", &DeleteParams::default())
         .await
         .expect("delete");
+    // Gone before the next scenario counts reconcile errors: a check of a source being
+    // finalized would race its deletion.
+    wait_for("guard-paused finalized", T, || async {
+        cdcs.get_opt("guard-paused")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
     // The old leader exits on resuming and restarts as a standby; the failover test needs it.
     wait_for(
         "both operator replicas Ready again",

@@ -12,9 +12,7 @@
 //! checks that first and says how to fix it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -37,58 +35,8 @@ fn run(tool: &str, args: &[&str]) -> String {
     cluster::run(tool, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Fails clearly when the process node would run a worker without `read-model`: the node agent
-/// maps `kartflow/worker` to `<its cargo target dir>/debug/kartflow-worker`.
-fn check_node_worker() {
-    let dev = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
-    let args =
-        std::fs::read_to_string(format!("{dev}/cluster/run/nodeagent.args")).unwrap_or_else(|e| {
-            panic!("the local cluster's node agent is not running ({e}): make cluster-up")
-        });
-    let target = args
-        .split(['\0', '\n'])
-        .find_map(|a| a.strip_prefix("--cargo-target-dir="))
-        .unwrap_or("target")
-        .to_owned();
-    let bin = format!("{target}/debug/kartflow-worker");
-    let ok = Command::new(&bin)
-        .args(["read-model", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "the cluster's node runs kartflow/worker as {bin}, which has no read-model subcommand: \
-         build this branch there (cargo build with CARGO_TARGET_DIR={target}) or restart the \
-         node agent from this worktree (hack/cluster/down.sh, then hack/cluster/up.sh with this \
-         worktree's CARGO_TARGET_DIR)"
-    );
-}
-
-/// Runs a Kafka tool of the local stack (`hack/kafka/kafka.sh cli`), feeding `stdin`.
 fn kafka_cli(args: &[&str], stdin: Option<&str>) {
-    let script = cluster::repo_root().join("hack/kafka/kafka.sh");
-    let mut child = Command::new(script)
-        .arg("cli")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("hack/kafka/kafka.sh cli");
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input
-            .write_all(text.as_bytes())
-            .expect("feed the Kafka tool");
-    }
-    let out = child.wait_with_output().expect("Kafka tool");
-    assert!(
-        out.status.success(),
-        "kafka.sh cli {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster::kafka_cli(args, stdin).unwrap_or_else(|e| panic!("{e}"));
 }
 
 struct Uninstall;
@@ -151,7 +99,7 @@ fn products_of(addr: SocketAddr, min_offsets: &str) -> Option<BTreeMap<String, i
 #[ignore = "needs the local cluster and stack: `make test` runs it (or make dev-up cluster-up + --include-ignored)"]
 async fn every_replica_serves_every_product() {
     let started = Instant::now();
-    check_node_worker();
+    cluster::require_node_worker("read-model");
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
     let _ = cluster::run(

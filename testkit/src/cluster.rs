@@ -172,6 +172,72 @@ pub fn run(name: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Fails clearly when the process node would run a worker without the `role` subcommand: the
+/// node agent maps `kartflow/worker` to `<its cargo target dir>/debug/kartflow-worker`, which is
+/// another worktree's build when the cluster was started from there.
+///
+/// # Panics
+/// When the node agent is not running or its worker binary lacks `role`, saying what to do.
+pub fn require_node_worker(role: &str) {
+    let dev = std::env::var("KARTFLOW_DEV_DIR").unwrap_or_else(|_| "/tmp/kartflow-dev".into());
+    let args =
+        std::fs::read_to_string(format!("{dev}/cluster/run/nodeagent.args")).unwrap_or_else(|e| {
+            panic!("the local cluster's node agent is not running ({e}): make cluster-up")
+        });
+    let target = args
+        .split(['\0', '\n'])
+        .find_map(|a| a.strip_prefix("--cargo-target-dir="))
+        .unwrap_or("target")
+        .to_owned();
+    let bin = format!("{target}/debug/kartflow-worker");
+    let ok = std::process::Command::new(&bin)
+        .args([role, "--help"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the cluster's node runs kartflow/worker as {bin}, which has no {role} subcommand: build \
+         this tree there (cargo build with CARGO_TARGET_DIR={target}) or restart the node agent \
+         from this tree (hack/cluster/down.sh, then hack/cluster/up.sh with this tree's \
+         CARGO_TARGET_DIR)"
+    );
+}
+
+/// Runs a Kafka command-line tool of the local stack (`hack/kafka/kafka.sh cli ARGS`), feeding
+/// it `stdin`: what failed, with the tool's stderr.
+pub fn kafka_cli(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let script = repo_root().join("hack/kafka/kafka.sh");
+    let mut child = Command::new(script)
+        .arg("cli")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("hack/kafka/kafka.sh cli: {e}"))?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("feeding the Kafka tool: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("Kafka tool: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kafka.sh cli {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// The `*.yaml` files of `dir`, sorted.
 pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
