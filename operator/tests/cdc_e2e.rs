@@ -154,7 +154,6 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
     let apps = TestNamespace::create(&client, "kf-cdc").await;
     let ns = apps.name.clone();
     let _cleanup = Cleanup { app_ns: ns.clone() };
-    let chart = cluster::repo_root().join("charts/kartflow");
     let _ = cluster::run(
         "helm",
         &[
@@ -166,25 +165,8 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
             "--ignore-not-found",
         ],
     );
-    cluster::run(
-        "helm",
-        &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "-n",
-            SYSTEM_NS,
-            "--create-namespace",
-            "--set",
-            &format!("watchNamespaces={{{ns}}}"),
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let watch = format!("watchNamespaces={{{ns}}}");
+    cluster::install_chart(RELEASE, SYSTEM_NS, &[&watch]).unwrap_or_else(|e| panic!("{e}"));
 
     // The database side a user prepares: the table and the role's Secret.
     let db = stack::postgres().await;

@@ -241,25 +241,8 @@ async fn read_replicas_scale_by_cpu() {
     let base = stack::unique_name("hpa-e2e").replace('_', "-");
     let topic = |t: &str| format!("{base}.{t}");
     let mut cleanup = Cleanup { topics: Vec::new() };
-    let chart = cluster::repo_root().join("charts/kartflow");
-    run(
-        "helm",
-        &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "-n",
-            SYSTEM_NS,
-            "--create-namespace",
-            "--set",
-            "replicaCount=1",
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    cluster::install_chart(RELEASE, SYSTEM_NS, &["replicaCount=1"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let apps = TestNamespace::create(&client, "kf-hpa").await;
     let ns = apps.name.clone();
     run(

@@ -302,27 +302,9 @@ async fn install(client: &Client, ns: &str) {
     })
     .await;
     let t0 = Instant::now();
-    let chart = cluster::repo_root().join("charts/kartflow");
-    run(
-        "helm",
-        &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "-n",
-            ns,
-            "--create-namespace",
-            "--set",
-            "replicaCount=2",
-            "--set",
-            &format!("leaseDurationSeconds={LEASE_SECONDS}"),
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    let lease = format!("leaseDurationSeconds={LEASE_SECONDS}");
+    cluster::install_chart(RELEASE, ns, &["replicaCount=2", &lease])
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("MEASURE helm install --wait {:.1?}", t0.elapsed());
     let pods = operator_pods(client, ns).await;
     assert_eq!(pods.len(), 2, "two operator replicas");

@@ -113,25 +113,8 @@ async fn every_replica_serves_every_product() {
             "--ignore-not-found",
         ],
     );
-    let chart = cluster::repo_root().join("charts/kartflow");
-    run(
-        "helm",
-        &[
-            "install",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "-n",
-            SYSTEM_NS,
-            "--create-namespace",
-            "--set",
-            "replicaCount=1",
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    cluster::install_chart(RELEASE, SYSTEM_NS, &["replicaCount=1"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let _release = Uninstall;
     let apps = TestNamespace::create(&client, "kf-rm").await;
     let ns = apps.name.clone();

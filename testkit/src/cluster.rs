@@ -172,6 +172,28 @@ pub fn run(name: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `helm install RELEASE charts/kartflow -n NAMESPACE --create-namespace --wait` with text logs
+/// and the `sets` (`key=value`) given: the one way the cluster e2es install the operator.
+pub fn install_chart(release: &str, namespace: &str, sets: &[&str]) -> Result<String, String> {
+    let chart = repo_root().join("charts/kartflow");
+    let chart = chart.to_string_lossy();
+    let mut args = vec![
+        "install",
+        release,
+        chart.as_ref(),
+        "-n",
+        namespace,
+        "--create-namespace",
+        "--set",
+        "logFormat=text",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(["--wait", "--timeout", "180s"]);
+    run("helm", &args)
+}
+
 /// Fails clearly when the process node would run a worker without the `role` subcommand: the
 /// node agent maps `kartflow/worker` to `<its cargo target dir>/debug/kartflow-worker`, which is
 /// another worktree's build when the cluster was started from there.
