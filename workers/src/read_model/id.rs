@@ -91,7 +91,12 @@ impl Borrow<str> for ProductId {
 
 impl PartialEq for ProductId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        match (&self.0, &other.0) {
+            (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
+                a == b && x == y
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -105,8 +110,27 @@ impl PartialOrd for ProductId {
 
 impl Ord for ProductId {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (&self.0, &other.0) {
+            // Two inline ids compare as integers: a restore makes ~20 comparisons per insert
+            // into a million-entry map, and a `memcmp` call per comparison was a tenth of a
+            // restore's CPU. The bytes are zero-padded, so comparing the padded arrays, then the
+            // lengths, orders exactly like the strings (a string that is a prefix of another
+            // pads with zeros, which sort first, and ties go to the shorter).
+            (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
+                inline_key(x).cmp(&inline_key(y)).then(a.cmp(b))
+            }
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
+}
+
+/// The inline bytes as big-endian integers, which order like the bytes.
+fn inline_key(bytes: &[u8; INLINE]) -> (u128, u64) {
+    let mut hi = [0u8; 16];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&bytes[..16]);
+    lo[..INLINE - 16].copy_from_slice(&bytes[16..]);
+    (u128::from_be_bytes(hi), u64::from_be_bytes(lo))
 }
 
 impl Hash for ProductId {
@@ -178,10 +202,20 @@ mod tests {
         /// Ordering and equality are `str`'s, across the inline/shared boundary too.
         #[test]
         fn orders_like_str(a in "\\PC{0,30}", b in "\\PC{0,30}") {
+            prop_assert_eq!(ProductId::new(&a).cmp(&ProductId::new(&a)), Ordering::Equal);
             let (x, y) = (ProductId::new(&a), ProductId::new(&b));
             prop_assert_eq!(x.cmp(&y), a.as_str().cmp(b.as_str()));
             prop_assert_eq!(x == y, a == b);
             prop_assert_eq!(x.as_str(), a.as_str());
+        }
+
+        /// Short ids that share prefixes, contain NUL bytes or differ only past byte 16 (the
+        /// cases the integer comparison could get wrong).
+        #[test]
+        fn inline_ids_order_like_str(a in "[\\x00ab]{0,22}", b in "[\\x00ab]{0,22}") {
+            let (x, y) = (ProductId::new(&a), ProductId::new(&b));
+            prop_assert_eq!(x.cmp(&y), a.as_str().cmp(b.as_str()));
+            prop_assert_eq!(x == y, a == b);
         }
     }
 }

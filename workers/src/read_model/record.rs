@@ -372,6 +372,23 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_shares_categories_and_brands_across_records() {
+        let decode_one = |id: &str| {
+            let payload = bytes(json!({"productId": id, "category": "toys", "brand": "Acme",
+                "price": 1.0, "inventory": 1}));
+            match decode(Input::Products, None, Some(&payload), 1) {
+                Ok(Change::Product {
+                    fields: Some(f), ..
+                }) => f,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (a, b) = (decode_one("P1"), decode_one("P2"));
+        assert!(Arc::ptr_eq(&a.category, &b.category));
+        assert!(Arc::ptr_eq(&a.brand, &b.brand));
+    }
+
+    #[test]
     fn products_keep_their_json_and_index_a_few_fields() {
         let payload = bytes(
             json!({"productId": "P1", "name": "Kart", "category": "toys",

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::id::{self, ProductId};
 use super::offsets::Offsets;
-use super::record::{Change, ProductFields, RecentAlert, RecentEvent, StrSet};
+use super::record::{Change, ProductFields, RecentAlert, RecentEvent};
 
 /// The bounds of the history the view keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,8 @@ impl Default for Limits {
     }
 }
 
-/// A product's indexed fields and its JSON document, as decoded; in the view its category and
-/// brand are interned (a few hundred of them shared by a million products).
+/// A product's indexed fields and its JSON document, as decoded (its category and brand shared
+/// with the other products its decoding thread saw: see [`super::record::shared`]).
 pub type ProductDoc = ProductFields;
 
 /// Recent history of one product, allocated only once it has any.
@@ -75,7 +75,6 @@ pub struct View {
     products: BTreeMap<ProductId, Entry>,
     /// Entries with a document.
     served: usize,
-    interned: StrSet,
     alerts: VecDeque<Arc<RecentAlert>>,
     changes: VecDeque<(u64, ProductId)>,
     /// Sequence of the last change; the change log holds `(evicted, seq]`.
@@ -110,8 +109,7 @@ impl View {
                 fields,
                 timestamp,
             } => {
-                // Interned before the map is borrowed.
-                let doc = fields.map(|f| self.doc(f));
+                let doc = fields;
                 let (key, entry) = entry_for(&mut self.products, id);
                 let was_served = entry.doc.is_some();
                 let now_served = doc.is_some();
@@ -167,21 +165,6 @@ impl View {
     /// Sets a partition's position without a record (the consumer moved past control records).
     pub fn reached(&mut self, topic: &Arc<str>, partition: i32, next: i64) {
         self.offsets.advance(topic, partition, next);
-    }
-
-    /// The view's one copy of `s` (decoding threads each share theirs; this makes them one).
-    fn intern(&mut self, s: Arc<str>) -> Arc<str> {
-        if let Some(existing) = self.interned.get(&*s) {
-            return existing.clone();
-        }
-        self.interned.insert(s.clone());
-        s
-    }
-
-    fn doc(&mut self, mut f: ProductFields) -> ProductDoc {
-        f.category = self.intern(f.category);
-        f.brand = self.intern(f.brand);
-        f
     }
 
     /// A served product (one with a document).
@@ -263,7 +246,6 @@ impl View {
             .iter()
             .map(|a| a.raw.len() + a.product_id.len() + size_of::<RecentAlert>())
             .sum::<usize>();
-        total += self.interned.iter().map(|s| s.len() + 32).sum::<usize>();
         total += self.changes.len() * size_of::<(u64, ProductId)>();
         total
     }
@@ -296,10 +278,9 @@ fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, bound: usize) {
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::super::id::ProductId;
-    use super::super::record::{Change, ProductFields, RecentAlert, RecentEvent};
+    use super::super::record::{Change, ProductFields, RecentAlert, RecentEvent, shared};
     use kartflow_wire::{AlertType, Severity};
     use serde_json::json;
-    use std::sync::Arc;
 
     pub fn product(id: &str, category: &str, inventory: i64, price: f64) -> Change {
         let raw = json!({"productId": id, "name": format!("name {id}"), "category": category,
@@ -310,8 +291,8 @@ pub(crate) mod testutil {
             fields: Some(ProductFields::new(
                 &raw,
                 &format!("name {id}"),
-                Arc::from(category),
-                Arc::from("acme"),
+                shared(category),
+                shared("acme"),
                 price,
                 inventory,
             )),
@@ -397,24 +378,6 @@ mod tests {
         // Events for a product not on `products` yet: history kept, product not served.
         assert!(v.get("P1").is_none());
         assert_eq!(v.len(), 0);
-    }
-
-    #[test]
-    fn categories_and_brands_are_interned() {
-        let mut v = View::new(Limits::default());
-        v.apply(product("P1", "toys", 1, 1.0), None);
-        v.apply(product("P2", "toys", 1, 1.0), None);
-        let c1 = &v
-            .get("P1")
-            .and_then(|(_, e)| e.doc.as_ref())
-            .expect("doc")
-            .category;
-        let c2 = &v
-            .get("P2")
-            .and_then(|(_, e)| e.doc.as_ref())
-            .expect("doc")
-            .category;
-        assert!(Arc::ptr_eq(c1, c2));
     }
 
     #[test]
