@@ -9,7 +9,8 @@ CARGO ?= cargo
 STACK ?= local
 
 .PHONY: help build test unit-test fmt fmt-check lint toolchain dev-up dev-down dev-status demo demo-down bench-inventory bench-cdc bench-read-model \
-	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check chart-check
+	cluster-build cluster-up cluster-down cluster-env cluster-smoke cluster-e2e crds crds-check chart-check \
+	images images-push images-check
 
 # Benchmark size; override e.g. `make bench-inventory BENCH_ORDERS=1000000`.
 BENCH_PRODUCTS ?= 100000
@@ -67,6 +68,8 @@ test: toolchain fmt-check lint crds-check ## Everything: format, lint, unit, int
 	# The process node maps kartflow images to target/debug binaries: build them first.
 	$(CARGO) build --workspace --locked
 ifeq ($(STACK),local)
+	# The images: built twice (same digests), pushed to a loopback registry, run in a chroot.
+	hack/images/check.sh
 	hack/cluster/build.sh >/dev/null
 	hack/chart-check.sh
 	hack/dev.sh up
@@ -80,6 +83,16 @@ endif
 	# The read model's page is tested in headless Chromium (Debian's package, installed once).
 	hack/chromium.sh >/dev/null
 	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
+
+images: ## Build the kartflow/operator and kartflow/worker OCI archives into target/images (no daemon)
+	hack/images/build.sh
+
+images-push: ## Push the archives of make images to REGISTRY, e.g. make images-push REGISTRY=127.0.0.1:5000
+	@[ -n "$(REGISTRY)" ] || { echo "set REGISTRY, e.g. make images-push REGISTRY=127.0.0.1:5000" >&2; exit 1; }
+	hack/images/push.sh "$(REGISTRY)"
+
+images-check: ## The images' checks of make test: reproducible, pushable, runnable (root)
+	hack/images/check.sh
 
 dev-up: ## Start the local data stack (Kafka KRaft + PostgreSQL); idempotent
 	hack/dev.sh up
