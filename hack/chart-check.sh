@@ -91,6 +91,13 @@ expect_in ha '^ +value: "foo,bar"$' "KARTFLOW_WATCH_NAMESPACES should be foo,bar
 expect_in ha '^apiVersion: monitoring.coreos.com/v1$' "the ServiceMonitor should be monitoring.coreos.com/v1"
 ok "helm template, ${HA_VALUES}: $(kinds ha)"
 
+digest=sha256:$(printf '%064d' 7)
+render pinned --set "image.registry=127.0.0.1:5000,image.tag=1.2.3,image.digest=${digest}"
+expect_in pinned "^ +image: \"127\.0\.0\.1:5000/kartflow/operator:1\.2\.3@${digest}\"\$" \
+  "image.registry, image.tag and image.digest should make the image 127.0.0.1:5000/kartflow/operator:1.2.3@${digest}"
+expect_in default '^ +image: "kartflow/operator:[0-9]' "the default image should be kartflow/operator:<appVersion>"
+ok "helm template, image registry, tag and digest"
+
 # 3. values.schema.json refuses bad values: the error must come from the schema, naming the key.
 expect_refused() {
   local set="$1" key="$2" err
@@ -105,7 +112,8 @@ expect_refused() {
 expect_refused replicaCount=-1 replicaCount
 expect_refused bogusKey=1 bogusKey
 expect_refused 'watchNamespaces={Not_A_Namespace}' watchNamespaces
-ok "values.schema.json refuses replicaCount=-1, an unknown key and a bad namespace name"
+expect_refused 'image.digest=latest' digest
+ok "values.schema.json refuses replicaCount=-1, an unknown key, a bad namespace name and a digest that is not sha256:<hex>"
 
 # 4. the chart's CRDs are the generated ones
 if ! out="$(diff -ru "${REPO_DIR}/crds" "${CHART}/crds" 2>&1)"; then

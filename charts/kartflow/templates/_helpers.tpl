@@ -49,8 +49,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* [registry/]repository:tag[@digest]; with a digest the runtime pulls exactly that image. */}}
 {{- define "kartflow.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $repo := .Values.image.repository }}
+{{- with .Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end }}
+{{- $ref := printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) }}
+{{- with .Values.image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end }}
+{{- $ref }}
 {{- end }}
 
 {{/* The leader-election Lease; per release, so two releases in one namespace do not share it. */}}
