@@ -72,6 +72,8 @@ ifeq ($(STACK),local)
 	hack/images/check.sh
 	hack/cluster/build.sh >/dev/null
 	hack/chart-check.sh
+	# The chart's alerts: promtool check rules and test rules (promtool from Go modules, cached).
+	hack/prometheus/check.sh
 	hack/dev.sh up
 	hack/cluster/up.sh
 	hack/cluster/smoke.sh

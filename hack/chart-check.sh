@@ -3,7 +3,9 @@
 #   - helm lint --strict, with the default values and with the HA values below
 #   - helm template renders exactly the expected kinds, with default values (ClusterRole) and with
 #     replicaCount=2,serviceMonitor.enabled=true,watchNamespaces={foo,bar} (Roles in foo and bar, PDB,
-#     ServiceMonitor); the Deployment leaves the command to the image and runs read-only
+#     ServiceMonitor); the Deployment leaves the command to the image and runs read-only; with the
+#     monitoring values, the PodMonitor, the PrometheusRule with every alert of
+#     files/prometheus-rules.yaml, and the dashboard ConfigMap
 #   - values.schema.json refuses replicaCount=-1 and an unknown key
 #   - charts/kartflow/crds/ is a copy of crds/ (make crds-check compares both with the Rust types)
 #
@@ -90,6 +92,18 @@ expect_in ha '^  namespace: bar$' "a Role and RoleBinding should be in the watch
 expect_in ha '^ +value: "foo,bar"$' "KARTFLOW_WATCH_NAMESPACES should be foo,bar"
 expect_in ha '^apiVersion: monitoring.coreos.com/v1$' "the ServiceMonitor should be monitoring.coreos.com/v1"
 ok "helm template, ${HA_VALUES}: $(kinds ha)"
+
+MON_VALUES="serviceMonitor.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true"
+render monitoring --set "$MON_VALUES"
+expect_kinds monitoring "1 ClusterRole,1 ClusterRoleBinding,1 ConfigMap,1 Deployment,1 PodMonitor,1 PrometheusRule,1 Role,1 RoleBinding,1 Service,1 ServiceAccount,1 ServiceMonitor"
+alerts_in_file=$(grep -c '^ *- alert: ' "${CHART}/files/prometheus-rules.yaml")
+alerts_rendered=$(grep -c '^ *- alert: ' "${work}/monitoring.yaml")
+[[ "$alerts_in_file" == "$alerts_rendered" ]] ||
+  fail "the PrometheusRule renders ${alerts_rendered} alerts, files/prometheus-rules.yaml has ${alerts_in_file}"
+expect_in monitoring '"uid": "kartflow-flow"' "the dashboard ConfigMap should hold files/grafana-dashboard.json"
+expect_in monitoring '^ +honorLabels: true$' "the ServiceMonitor should keep the operator's namespace label (honorLabels)"
+expect_in monitoring '^ +any: true$' "the PodMonitor should select workers in every namespace by default"
+ok "helm template, ${MON_VALUES}: ${alerts_rendered} alerts, PodMonitor, dashboard"
 
 digest=sha256:$(printf '%064d' 7)
 render pinned --set "image.registry=127.0.0.1:5000,image.tag=1.2.3,image.digest=${digest}"

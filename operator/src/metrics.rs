@@ -14,6 +14,9 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
     pub slot_retained_bytes: IntGaugeVec,
+    /// The guard's thresholds beside the reading, so an alert can compare the two.
+    pub slot_warn_bytes: IntGaugeVec,
+    pub slot_drop_bytes: IntGaugeVec,
     pub slot_active: IntGaugeVec,
     pub slot_checks: IntCounterVec,
     pub slot_drops: IntCounterVec,
@@ -64,6 +67,16 @@ impl Metrics {
                 "WAL retained by a guarded replication slot (pg_current_wal_lsn() - restart_lsn)",
                 &SLOT_LABELS,
             ),
+            slot_warn_bytes: gauges(
+                "slot_warn_retained_wal_bytes",
+                "The CdcSource's guard.warnRetainedWal in bytes",
+                &SLOT_LABELS,
+            ),
+            slot_drop_bytes: gauges(
+                "slot_drop_retained_wal_bytes",
+                "The CdcSource's guard.dropRetainedWal in bytes",
+                &SLOT_LABELS,
+            ),
             slot_active: gauges(
                 "slot_active",
                 "1 while a reader streams from the guarded slot",
@@ -89,6 +102,8 @@ impl Metrics {
     pub fn forget_slot(&self, namespace: &str, name: &str, slot: &str) {
         let labels = [namespace, name, slot];
         let _ = self.slot_retained_bytes.remove_label_values(&labels);
+        let _ = self.slot_warn_bytes.remove_label_values(&labels);
+        let _ = self.slot_drop_bytes.remove_label_values(&labels);
         let _ = self.slot_active.remove_label_values(&labels);
     }
 
@@ -124,6 +139,9 @@ mod tests {
         m.slot_drops
             .with_label_values(&["ns", "orders", "slot"])
             .inc();
+        m.slot_drop_bytes
+            .with_label_values(&["ns", "orders", "slot"])
+            .set(2048);
         m.leader.set(1);
         let text = m.render();
         for series in [
@@ -131,6 +149,7 @@ mod tests {
             "kartflow_operator_reconcile_errors_total{kind=\"ReadModel\",reason=\"kube_api\"} 1",
             "kartflow_operator_slot_retained_wal_bytes{name=\"orders\",namespace=\"ns\",slot=\"slot\"} 42",
             "kartflow_operator_slot_guard_drops_total{name=\"orders\",namespace=\"ns\",slot=\"slot\"} 1",
+            "kartflow_operator_slot_drop_retained_wal_bytes{name=\"orders\",namespace=\"ns\",slot=\"slot\"} 2048",
             "kartflow_operator_leader 1",
             "kartflow_operator_reconcile_duration_seconds_bucket",
         ] {
@@ -138,5 +157,6 @@ mod tests {
         }
         m.forget_slot("ns", "orders", "slot");
         assert!(!m.render().contains("slot_retained_wal_bytes{"));
+        assert!(!m.render().contains("slot_drop_retained_wal_bytes{"));
     }
 }

@@ -191,6 +191,15 @@ pub(super) async fn guard(
         .slot_active
         .with_label_values(&labels)
         .set(i64::from(slot_facts.active));
+    let as_gauge = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+    ctx.metrics
+        .slot_warn_bytes
+        .with_label_values(&labels)
+        .set(as_gauge(policy.warn.bytes));
+    ctx.metrics
+        .slot_drop_bytes
+        .with_label_values(&labels)
+        .set(as_gauge(policy.drop.bytes));
     Ok(GuardOutcome {
         facts: slot_facts,
         slot_cond,
