@@ -40,16 +40,32 @@ cargo build --release --locked -p kartflow-operator -p kartflow-worker \
 debs=$KARTFLOW_CACHE_DIR/images/debs
 mkdir -p "$debs"
 mapfile -t packages < <(grep -vE '^\s*(#|$)' "$HACK_DIR/images/packages.txt")
-files=()
-for pkg in "${packages[@]}"; do
+# fetch_deb PKG: the cached .deb of the version apt resolves (name_version_arch.deb), downloaded
+# when missing; prints its path.
+fetch_deb() {
+  local pkg=$1 ver arch file
   ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1)
   arch=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Architecture: //p' | head -n1)
-  [ -n "$ver" ] || die "apt knows no package $pkg: run 'apt-get update' (as root) and retry"
+  [ -n "$ver" ] || return 1
   file="$debs/${pkg}_${ver//:/%3a}_${arch}.deb"
   if [ ! -s "$file" ]; then
     log "downloading $pkg $ver"
-    (cd "$debs" && apt-get download -q "$pkg=$ver" >&2 2>/dev/null) \
-      || die "could not download $pkg=$ver from the Debian mirror (apt-get download); check the network or run apt-get update"
+    (cd "$debs" && apt-get download -q "$pkg=$ver" >&2 2>/dev/null) || return 1
+  fi
+  echo "$file"
+}
+files=()
+updated=false
+for pkg in "${packages[@]}"; do
+  if ! file=$(fetch_deb "$pkg"); then
+    # Stale package lists name a version the mirror no longer has (a security update replaced
+    # it): refresh them once and retry.
+    if ! $updated && [ "$(id -u)" -eq 0 ]; then
+      log "apt does not find or fetch $pkg; running apt-get update and retrying"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+      updated=true
+    fi
+    file=$(fetch_deb "$pkg") || die "could not get the Debian package $pkg (apt-get download); check the network, or run apt-get update as root"
   fi
   files+=("$file")
 done
