@@ -19,11 +19,13 @@ mod records;
 mod status;
 mod transaction;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
@@ -113,6 +115,33 @@ struct Slot {
     orphans: usize,
 }
 
+/// Children of a single-label counter vector, found by a scan of the few labels in use instead
+/// of the vector's hash and lock: the loop counts every record several times. A child is created
+/// on first use, as `with_label_values` does, so no series appears before it counts something.
+struct Counted {
+    vec: IntCounterVec,
+    children: RefCell<Vec<(String, IntCounter)>>,
+}
+
+impl Counted {
+    fn new(vec: &IntCounterVec) -> Self {
+        Self {
+            vec: vec.clone(),
+            children: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn inc(&self, label: &str) {
+        if let Some((_, c)) = self.children.borrow().iter().find(|(l, _)| l == label) {
+            c.inc();
+            return;
+        }
+        let c = self.vec.with_label_values(&[label]);
+        c.inc();
+        self.children.borrow_mut().push((label.to_owned(), c));
+    }
+}
+
 /// The loop's mutable state, reachable from the rebalance callbacks.
 struct Core {
     settings: InventorySettings,
@@ -142,6 +171,11 @@ struct Core {
     dlq_log: DlqLogLimit,
     savepoint: Option<Loaded>,
     metrics: Metrics,
+    records_in: Counted,
+    records_out: Counted,
+    /// Reused for encoding events (see `records::emit`).
+    encode_buf: Vec<u8>,
+    dispositions: Counted,
     status: SharedStatus,
     readiness: Readiness,
 }

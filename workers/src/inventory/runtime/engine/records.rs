@@ -29,7 +29,7 @@ impl Core {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), EngineError> {
         send_raw(&self.producer, topic, partition, key, payload, headers)?;
-        self.metrics.records_out.with_label_values(&[topic]).inc();
+        self.records_out.inc(topic);
         Ok(())
     }
 
@@ -111,19 +111,29 @@ impl Core {
         let t = &self.settings.topics;
         for p in &out.products {
             // The stored record is the canonical JSON: no encoding here.
-            let key = id.map_or_else(
-                || p.to_product().map(|p| p.product_id).unwrap_or_default(),
-                str::to_owned,
-            );
+            let decoded;
+            let key = match id {
+                Some(id) => id,
+                None => {
+                    decoded = p.to_product().map(|p| p.product_id).unwrap_or_default();
+                    &decoded
+                }
+            };
             self.send(&t.products, None, key.as_bytes(), Some(p.json()), None)?;
         }
+        // One encoding for both topics, into a buffer reused from record to record (the
+        // producer copies what it is given).
+        let mut buf = std::mem::take(&mut self.encode_buf);
         for e in &out.events {
-            // One encoding for both topics.
-            let bytes = serde_json::to_vec(e).unwrap_or_default();
+            buf.clear();
+            if serde_json::to_writer(&mut buf, e).is_err() {
+                buf.clear();
+            }
             let key = e.product_id.as_bytes();
-            self.send(&t.inventory_events, None, key, Some(&bytes), None)?;
-            self.send(&t.websocket_fanout, None, key, Some(&bytes), None)?;
+            self.send(&t.inventory_events, None, key, Some(&buf), None)?;
+            self.send(&t.websocket_fanout, None, key, Some(&buf), None)?;
         }
+        self.encode_buf = buf;
         for a in &out.alerts {
             self.send_json(&t.inventory_alerts, &a.product_id, a)?;
         }
@@ -154,8 +164,10 @@ impl Core {
             Input::OrderLine(l) => Some(l.product_id.clone()),
             Input::Tick => None,
         };
-        let out = apply(&mut slot.state, &self.rules, input, now);
-        slot.dirty_keys.extend(out.touched.iter().cloned());
+        let mut out = apply(&mut slot.state, &self.rules, input, now);
+        // A tick that fired nothing must not open a transaction of its own.
+        let empty = out.is_empty();
+        slot.dirty_keys.extend(std::mem::take(&mut out.touched));
         // Orphans enter only as `Buffered` and leave only applied or expired to the DLQ.
         let expired = out
             .dlq
@@ -165,13 +177,10 @@ impl Core {
         let buffered = usize::from(out.disposition == Disposition::Buffered);
         slot.orphans = (slot.orphans + buffered).saturating_sub(out.orphans_applied + expired);
         if out.disposition != Disposition::Tick {
-            self.metrics
-                .dispositions
-                .with_label_values(&[Self::disposition_label(&out.disposition)])
-                .inc();
+            self.dispositions
+                .inc(Self::disposition_label(&out.disposition));
         }
-        // A tick that fired nothing must not open a transaction of its own.
-        if out.is_empty() {
+        if empty {
             return Ok(());
         }
         self.begin()?;
@@ -205,15 +214,12 @@ impl Core {
             return Ok(());
         }
         self.begin()?;
-        self.metrics.records_in.with_label_values(&[topic]).inc();
+        self.records_in.inc(topic);
         self.txn_records.push(consumed_at);
         match decode(self.source_of(topic), key, payload) {
             Ok(input) => self.apply_to(partition, input, now_ms())?,
             Err(entry) => {
-                self.metrics
-                    .dispositions
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+                self.dispositions.inc("dead_lettered");
                 self.send_dlq(&entry, Some((topic, partition, offset)))?;
             }
         }
