@@ -1,8 +1,9 @@
 //! Setting up the transactional producer and the group consumer, and the poll loop that drives
 //! everything else: records, ticks, batch commits, lag refreshes, admin commands and shutdown.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -61,11 +62,13 @@ pub fn run(
         instance: setup.instance.clone(),
         partition_count: setup.partition_count,
         client: setup.client.clone(),
-        producer,
+        producer: Arc::new(producer),
         slots: BTreeMap::new(),
         txn_open: false,
         txn_records: Vec::new(),
         txn_started: None,
+        inflight: None,
+        held: RefCell::new(Vec::new()),
         to_seek: BTreeSet::new(),
         to_bootstrap: BTreeSet::new(),
         needs_rewind: false,
@@ -111,11 +114,15 @@ pub fn run(
     let mut stop_after_savepoint = false;
 
     loop {
-        let msg = consumer.poll(Duration::from_millis(50));
+        // While a commit is in flight, look for its end often: the batch processed meanwhile
+        // gets its transaction only then.
+        let inflight = consumer.context().core().inflight.is_some();
+        let msg = consumer.poll(Duration::from_millis(if inflight { 2 } else { 50 }));
         // One clock read per iteration for everything below: reading it costs more than a
         // record's decode on some virtual machines.
         let now = Instant::now();
         let mut core = consumer.context().core();
+        core.settle_inflight(false)?;
         if let Some(e) = core.fatal.take() {
             return Err(e);
         }
@@ -165,7 +172,7 @@ pub fn run(
                 .txn_started
                 .is_some_and(|t| now.saturating_duration_since(t) >= batch_time);
         if batch_due {
-            core.commit_or_rewind(&consumer);
+            core.start_commit(&consumer);
             core.publish_status();
         }
         if now.duration_since(last_lag) >= Duration::from_secs(5) {

@@ -28,7 +28,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use thiserror::Error;
 
@@ -38,6 +37,8 @@ use super::savepoint::{Loaded, SavepointError};
 use crate::inventory::{InventoryRules, PartitionState, Source};
 use crate::process::{Readiness, Shutdown};
 use kartflow_wire::config::InventorySettings;
+
+use transaction::{Held, Inflight, TxnProducer};
 
 pub use commands::Command;
 pub use consume::run;
@@ -57,6 +58,8 @@ pub enum EngineError {
     Fenced(KafkaError),
     #[error("the consumer has no group metadata: it has not joined group yet")]
     NoGroupMetadata,
+    #[error("the transaction commit thread failed: {0}")]
+    CommitThread(String),
     #[error(
         "the Kafka consumer failed fatally ({code}): {reason}{hint}; exiting so a restart gets a fresh consumer"
     )]
@@ -150,16 +153,23 @@ struct Core {
     instance: String,
     partition_count: usize,
     client: ClientConfig,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Shared with the thread that commits the previous batch (see `transaction`).
+    producer: TxnProducer,
     /// Watermark queries for the lag gauges. Not the group consumer: its broker connections are
     /// busy with long-poll fetches, which queue each query behind up to `fetch.wait.max.ms` and
     /// stalled the loop for seconds on every refresh.
     watermarks: BaseConsumer,
     slots: BTreeMap<i32, Slot>,
+    /// The producer has a transaction open (false while the batch's outputs are held).
     txn_open: bool,
-    /// Consume instants of the records in the open transaction, for the latency histogram.
+    /// Consume instants of the records in the open batch, for the latency histogram.
     txn_records: Vec<Instant>,
+    /// When the open batch started; `None` when no batch is open.
     txn_started: Option<Instant>,
+    /// The previous batch's commit, running on its helper thread.
+    inflight: Option<Inflight>,
+    /// Outputs of the open batch produced while `inflight` runs.
+    held: RefCell<Vec<Held>>,
     /// Partitions restored in `pre_rebalance` whose consumer position must be set afterwards.
     to_seek: BTreeSet<i32>,
     /// Partitions whose bootstrap file must be (re)applied by the loop.

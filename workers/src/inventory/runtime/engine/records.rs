@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::{Core, EngineError, now_ms};
+use super::{Core, EngineError, Held, now_ms};
 use crate::inventory::runtime::savepoint::sha256_hex;
 use crate::inventory::{
     Disposition, DlqEntry, DlqReason, Input, Outputs, Source, apply, decode, each_bootstrap_record,
@@ -19,7 +19,7 @@ use crate::inventory::{
 use crate::kafka::partitioner::partition_for_key;
 
 impl Core {
-    /// Enqueues a record and counts it.
+    /// Enqueues a record (or holds it while the previous batch commits) and counts it.
     fn send(
         &self,
         topic: &str,
@@ -28,7 +28,17 @@ impl Core {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), EngineError> {
-        send_raw(&self.producer, topic, partition, key, payload, headers)?;
+        if self.inflight.is_some() {
+            self.held.borrow_mut().push(Held {
+                topic: topic.to_owned(),
+                partition,
+                key: key.to_vec(),
+                payload: payload.map(<[u8]>::to_vec),
+                headers,
+            });
+        } else {
+            send_raw(&self.producer, topic, partition, key, payload, headers)?;
+        }
         self.records_out.inc(topic);
         Ok(())
     }
@@ -156,6 +166,10 @@ impl Core {
 
     /// Applies one input to partition `p` and emits what it produced.
     fn apply_to(&mut self, p: i32, input: Input, now: i64) -> Result<(), EngineError> {
+        // State is about to be restored to the last commit: nothing may build on it.
+        if self.needs_rewind {
+            return Ok(());
+        }
         let Some(slot) = self.slots.get_mut(&p) else {
             return Ok(());
         };
@@ -197,6 +211,10 @@ impl Core {
         payload: Option<&[u8]>,
         consumed_at: Instant,
     ) -> Result<(), EngineError> {
+        // Read again after the rewind's seek.
+        if self.needs_rewind {
+            return Ok(());
+        }
         let Some(slot) = self.slots.get(&partition) else {
             debug!(
                 topic,
@@ -251,6 +269,11 @@ impl Core {
             self.to_bootstrap.clear();
             return Ok(());
         };
+        // A whole catalogue must go to the producer, not be held behind a commit in flight.
+        self.settle_inflight(true)?;
+        if self.needs_rewind {
+            return Ok(());
+        }
         let bad = |detail: String| EngineError::Bootstrap {
             path: file.path.clone(),
             detail,

@@ -1,11 +1,26 @@
 //! The Kafka transaction around a batch: begin on the first record, commit outputs, changelog
 //! and input offsets together, and on failure abort and rewind state and position to the last
 //! commit, so a record's effect is exactly once.
+//!
+//! The commit of batch N overlaps the processing of batch N+1. [`Core::start_commit`] writes
+//! N's changelog and offsets into its transaction on the loop's thread, then a helper thread
+//! waits for N's deliveries and commits. Meanwhile the loop applies the next records to state;
+//! their outputs are held in memory ([`Held`]) because the producer takes no records while a
+//! commit is in progress. Once N committed, [`Core::settle_inflight`] begins N+1's transaction
+//! and hands the held records to the producer. At most one commit is in flight: a batch that is
+//! due while the previous one is still committing waits for it. If N fails, N+1 is built on
+//! state that never committed, so both go: the transaction is aborted, the held records are
+//! dropped, and the rewind restores every partition from the changelog (state and offsets of
+//! the last commit), as for any failed commit. No record is applied while a rewind is pending.
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::producer::Producer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
@@ -15,22 +30,43 @@ use crate::inventory::runtime::changelog::{self, META_KEY};
 
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+pub(super) type TxnProducer = Arc<ThreadedProducer<DefaultProducerContext>>;
+
+/// A commit running on its helper thread.
+pub(super) struct Inflight {
+    handle: JoinHandle<Result<(), KafkaError>>,
+    /// Consume instants of the batch's records, for the latency histogram.
+    records: Vec<Instant>,
+    started: Instant,
+}
+
+/// An output record produced while a commit was in flight, sent once the next transaction is
+/// open.
+pub(super) struct Held {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+}
+
 impl Core {
-    /// Opens a transaction unless one is open: the first record of a batch starts it.
+    /// Marks a batch open on its first record; opens the producer's transaction unless a commit
+    /// is in flight (then the batch's outputs are held until it finished).
     pub(super) fn begin(&mut self) -> Result<(), EngineError> {
-        if !self.txn_open {
+        if self.txn_started.is_none() {
+            self.txn_started = Some(Instant::now());
+        }
+        if !self.txn_open && self.inflight.is_none() {
             self.producer.begin_transaction()?;
             self.txn_open = true;
-            self.txn_started = Some(Instant::now());
         }
         Ok(())
     }
 
-    fn try_commit<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-    ) -> Result<(), EngineError> {
-        let started = Instant::now();
+    /// Writes the open transaction's changelog records and collects the input offsets to commit
+    /// with it.
+    fn write_changelog(&mut self) -> Result<TopicPartitionList, EngineError> {
         let mut offsets = TopicPartitionList::new();
         for (p, slot) in &mut self.slots {
             for key in std::mem::take(&mut slot.dirty_keys) {
@@ -62,20 +98,76 @@ impl Core {
                 }
             }
         }
-        self.drain_deliveries();
-        if offsets.count() > 0 {
-            let cgm = consumer
-                .group_metadata()
-                .ok_or(EngineError::NoGroupMetadata)?;
-            self.producer
-                .send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT)?;
+        Ok(offsets)
+    }
+
+    /// Finishes the open batch's transaction (changelog, offsets) and hands its commit to a
+    /// helper thread. A commit still in flight is waited for first.
+    pub(super) fn start_commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if let Err(e) = self.settle_inflight(true) {
+            self.fatal.get_or_insert(e);
+            return;
         }
-        self.producer.commit_transaction(TXN_TIMEOUT)?;
+        if !self.txn_open {
+            return;
+        }
+        let started = Instant::now();
+        let prepared = self.write_changelog().and_then(|offsets| {
+            let cgm = if offsets.count() > 0 {
+                Some(
+                    consumer
+                        .group_metadata()
+                        .ok_or(EngineError::NoGroupMetadata)?,
+                )
+            } else {
+                None
+            };
+            Ok((offsets, cgm))
+        });
+        self.txn_open = false;
+        self.txn_started = None;
+        match prepared {
+            Ok((offsets, cgm)) => {
+                let producer = Arc::clone(&self.producer);
+                let spawned = std::thread::Builder::new()
+                    .name("txn-commit".to_owned())
+                    .spawn(move || commit(&producer, &offsets, cgm.as_ref()));
+                match spawned {
+                    Ok(handle) => {
+                        self.inflight = Some(Inflight {
+                            handle,
+                            records: std::mem::take(&mut self.txn_records),
+                            started,
+                        });
+                    }
+                    Err(e) => self.abort_and_rewind(&EngineError::CommitThread(e.to_string())),
+                }
+            }
+            Err(e) => self.abort_and_rewind(&e),
+        }
+    }
+
+    /// Collects the result of the commit in flight: when it is done, or waiting for it with
+    /// `wait`. After a success the batch processed meanwhile gets its transaction and its held
+    /// records; after a failure both batches are aborted and a rewind is scheduled. The error is
+    /// a producer that cannot begin or take records (the loop ends).
+    pub(super) fn settle_inflight(&mut self, wait: bool) -> Result<(), EngineError> {
+        let Some(inflight) = self.inflight.take_if(|i| wait || i.handle.is_finished()) else {
+            return Ok(());
+        };
+        let result = match inflight.handle.join() {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::CommitThread("panicked".to_owned())),
+        };
+        if let Err(e) = result {
+            self.abort_and_rewind(&e);
+            return Ok(());
+        }
         let done = Instant::now();
         self.metrics
             .commit_seconds
-            .observe(done.duration_since(started).as_secs_f64());
-        for t in self.txn_records.drain(..) {
+            .observe(done.duration_since(inflight.started).as_secs_f64());
+        for t in inflight.records {
             self.metrics
                 .processing_seconds
                 .observe(done.duration_since(t).as_secs_f64());
@@ -84,33 +176,30 @@ impl Core {
             .transactions
             .with_label_values(&["committed"])
             .inc();
+        if self.txn_started.is_some() {
+            self.producer.begin_transaction()?;
+            self.txn_open = true;
+            for h in self.held.take() {
+                send_raw(
+                    &self.producer,
+                    &h.topic,
+                    h.partition,
+                    &h.key,
+                    h.payload.as_deref(),
+                    h.headers,
+                )?;
+            }
+        }
         Ok(())
     }
 
-    /// Waits until every record of the transaction is delivered, checking every 1 ms (the
-    /// producer's own thread serves the delivery reports). `commit_transaction` flushes first,
-    /// and rdkafka's flush waits for deliveries in steps of 100 ms whatever arrives meanwhile, so
-    /// any record still in flight cost a whole 100 ms per transaction; after this the flush finds
-    /// nothing in flight and returns at once. A delivery failure is not hidden: the commit
-    /// reports it.
-    fn drain_deliveries(&self) {
-        let deadline = Instant::now() + TXN_TIMEOUT;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Commits the open transaction; on failure aborts it and schedules a rewind to the last
-    /// committed state. A fenced or fatal producer ends the loop.
-    pub(super) fn commit_or_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if !self.txn_open {
-            return;
-        }
-        let result = self.try_commit(consumer);
+    /// Aborts the producer's transaction, drops the open batch (held records included) and
+    /// schedules a rewind to the last commit. A producer that cannot abort was fenced.
+    fn abort_and_rewind(&mut self, e: &EngineError) {
+        self.txn_records.clear();
+        self.held.borrow_mut().clear();
         self.txn_open = false;
         self.txn_started = None;
-        let Err(e) = result else { return };
-        self.txn_records.clear();
         self.metrics
             .transactions
             .with_label_values(&["aborted"])
@@ -121,6 +210,16 @@ impl Core {
             return;
         }
         self.needs_rewind = true;
+    }
+
+    /// Commits everything open and waits for it (rebalances, savepoints, shutdown): on failure
+    /// aborts and schedules a rewind to the last committed state. A fenced or fatal producer ends
+    /// the loop.
+    pub(super) fn commit_or_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.start_commit(consumer);
+        if let Err(e) = self.settle_inflight(true) {
+            self.fatal.get_or_insert(e);
+        }
     }
 
     /// Drops all state and restores every owned partition: used after an aborted transaction.
@@ -161,5 +260,31 @@ impl Core {
         // transaction would be skipped, so the process exits and restarts from the commit.
         self.seek_restored(consumer)?;
         Ok(())
+    }
+}
+
+/// The helper thread's part of a commit: wait for the batch's deliveries, add the input offsets,
+/// commit.
+fn commit(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    offsets: &TopicPartitionList,
+    cgm: Option<&ConsumerGroupMetadata>,
+) -> Result<(), KafkaError> {
+    drain_deliveries(producer);
+    if let Some(cgm) = cgm {
+        producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)?;
+    }
+    producer.commit_transaction(TXN_TIMEOUT)
+}
+
+/// Waits until every record of the transaction is delivered, checking every 1 ms (the producer's
+/// own thread serves the delivery reports). `commit_transaction` flushes first, and rdkafka's
+/// flush waits for deliveries in steps of 100 ms whatever arrives meanwhile, so any record still
+/// in flight cost a whole 100 ms per transaction; after this the flush finds nothing in flight
+/// and returns at once. A delivery failure is not hidden: the commit reports it.
+fn drain_deliveries(producer: &ThreadedProducer<DefaultProducerContext>) {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
