@@ -213,10 +213,15 @@ impl StoredProduct {
     pub fn name(&self) -> String {
         let at = self.name_at as usize;
         let end = self.name_end as usize;
-        self.json
-            .get(at..end)
-            .and_then(|s| serde_json::from_slice(s).ok())
-            .unwrap_or_default()
+        let literal = self.json.get(at..end).unwrap_or_default();
+        // Without a backslash the literal's content is the name itself (every event asks).
+        if let Some(inner) = literal.get(1..literal.len().saturating_sub(1))
+            && !inner.contains(&b'\\')
+            && let Ok(name) = std::str::from_utf8(inner)
+        {
+            return name.to_owned();
+        }
+        serde_json::from_slice(literal).unwrap_or_default()
     }
 
     /// The record decoded. It was encoded from a valid [`Product`], so this does not fail in

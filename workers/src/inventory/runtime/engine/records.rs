@@ -242,7 +242,13 @@ impl Core {
             }
         }
         if let Some(slot) = self.slots.get_mut(&partition) {
-            slot.meta.offsets.insert(topic.to_owned(), offset + 1);
+            // The topic's entry exists after its first record: no key to allocate per record.
+            match slot.meta.offsets.get_mut(topic) {
+                Some(next) => *next = offset + 1,
+                None => {
+                    slot.meta.offsets.insert(topic.to_owned(), offset + 1);
+                }
+            }
             slot.meta_dirty = true;
         }
         Ok(())
