@@ -35,6 +35,7 @@ pub fn run(
         ("queue.buffering.max.messages", "20000"),
         ("queue.buffering.max.kbytes", "16384"),
         ("delivery.report.only.error", "true"),
+        ("linger.ms", "5"),
     ] {
         if producer_config.get(key).is_none() {
             producer_config.set(key, value);
@@ -44,7 +45,6 @@ pub fn run(
         .set("transactional.id", &transactional_id)
         .set("transaction.timeout.ms", "60000")
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
         .create()?;
     producer
         .init_transactions(TXN_TIMEOUT)
