@@ -68,7 +68,7 @@ pub fn run(
         txn_records: Vec::new(),
         txn_started: None,
         inflight: None,
-        held: RefCell::new(Vec::new()),
+        held: RefCell::default(),
         to_seek: BTreeSet::new(),
         to_bootstrap: BTreeSet::new(),
         needs_rewind: false,

@@ -169,7 +169,7 @@ struct Core {
     /// The previous batch's commit, running on its helper thread.
     inflight: Option<Inflight>,
     /// Outputs of the open batch produced while `inflight` runs.
-    held: RefCell<Vec<Held>>,
+    held: RefCell<Held>,
     /// Partitions restored in `pre_rebalance` whose consumer position must be set afterwards.
     to_seek: BTreeSet<i32>,
     /// Partitions whose bootstrap file must be (re)applied by the loop.

@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::{Core, EngineError, Held, now_ms};
+use super::{Core, EngineError, now_ms};
 use crate::inventory::runtime::savepoint::sha256_hex;
 use crate::inventory::{
     Disposition, DlqEntry, DlqReason, Input, Outputs, Source, apply, decode, each_bootstrap_record,
@@ -29,13 +29,9 @@ impl Core {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), EngineError> {
         if self.inflight.is_some() {
-            self.held.borrow_mut().push(Held {
-                topic: topic.to_owned(),
-                partition,
-                key: key.to_vec(),
-                payload: payload.map(<[u8]>::to_vec),
-                headers,
-            });
+            self.held
+                .borrow_mut()
+                .push(topic, partition, key, payload, headers);
         } else {
             send_raw(&self.producer, topic, partition, key, payload, headers)?;
         }

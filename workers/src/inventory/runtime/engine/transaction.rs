@@ -13,6 +13,7 @@
 //! dropped, and the rewind restores every partition from the changelog (state and offsets of
 //! the last commit), as for any failed commit. No record is applied while a rewind is pending.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,14 +41,74 @@ pub(super) struct Inflight {
     started: Instant,
 }
 
-/// An output record produced while a commit was in flight, sent once the next transaction is
-/// open.
+/// Output records produced while a commit is in flight, sent in order once the next transaction
+/// is open. Keys and payloads share one buffer (kept between batches), so holding a record costs
+/// no allocation of its own.
+#[derive(Default)]
 pub(super) struct Held {
-    pub topic: String,
-    pub partition: Option<i32>,
-    pub key: Vec<u8>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Option<OwnedHeaders>,
+    bytes: Vec<u8>,
+    records: Vec<HeldRecord>,
+    topics: Vec<String>,
+}
+
+struct HeldRecord {
+    topic: usize,
+    partition: Option<i32>,
+    key: Range<usize>,
+    payload: Option<Range<usize>>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl Held {
+    pub(super) fn push(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) {
+        // A handful of output topics: a scan beats hashing.
+        let topic = match self.topics.iter().position(|t| t == topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(topic.to_owned());
+                self.topics.len() - 1
+            }
+        };
+        let mut append = |b: &[u8]| {
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            at..self.bytes.len()
+        };
+        let key = append(key);
+        let payload = payload.map(append);
+        self.records.push(HeldRecord {
+            topic,
+            partition,
+            key,
+            payload,
+            headers,
+        });
+    }
+
+    /// Drops every held record (their batch was aborted).
+    pub(super) fn clear(&mut self) {
+        self.records.clear();
+        self.bytes.clear();
+    }
+
+    /// Hands every held record to the producer, in order.
+    fn send_all(&mut self, producer: &TxnProducer) -> Result<(), EngineError> {
+        for r in self.records.drain(..) {
+            let topic = self.topics.get(r.topic).map_or("", String::as_str);
+            let key = self.bytes.get(r.key).unwrap_or_default();
+            let payload = r.payload.and_then(|p| self.bytes.get(p));
+            send_raw(producer, topic, r.partition, key, payload, r.headers)?;
+        }
+        self.bytes.clear();
+        Ok(())
+    }
 }
 
 impl Core {
@@ -179,16 +240,7 @@ impl Core {
         if self.txn_started.is_some() {
             self.producer.begin_transaction()?;
             self.txn_open = true;
-            for h in self.held.take() {
-                send_raw(
-                    &self.producer,
-                    &h.topic,
-                    h.partition,
-                    &h.key,
-                    h.payload.as_deref(),
-                    h.headers,
-                )?;
-            }
+            self.held.borrow_mut().send_all(&self.producer)?;
         }
         Ok(())
     }
