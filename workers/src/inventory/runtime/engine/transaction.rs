@@ -329,8 +329,8 @@ fn commit(
     producer.commit_transaction(TXN_TIMEOUT)
 }
 
-/// Waits until every record of the transaction is delivered, checking every 1 ms (the producer's
-/// own thread serves the delivery reports). `commit_transaction` flushes first, and rdkafka's
+/// Waits until every record of the transaction is delivered, checking every 1 ms (librdkafka's
+/// own threads count deliveries off). `commit_transaction` flushes first, and rdkafka's
 /// flush waits for deliveries in steps of 100 ms whatever arrives meanwhile, so any record still
 /// in flight cost a whole 100 ms per transaction; after this the flush finds nothing in flight
 /// and returns at once. A delivery failure is not hidden: the commit reports it.
