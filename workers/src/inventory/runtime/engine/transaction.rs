@@ -326,7 +326,30 @@ fn commit(
     if let Some(cgm) = cgm {
         producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)?;
     }
+    if injected_commit_failure() {
+        return Err(KafkaError::Canceled);
+    }
     producer.commit_transaction(TXN_TIMEOUT)
+}
+
+/// Debug builds only: `KARTFLOW_DEBUG_FAIL_COMMIT_EVERY=N` fails every Nth commit after its
+/// deliveries and offsets, right before `commit_transaction`, so a test can drive the abort and
+/// rewind of a batch whose successor was processed while it committed (a real broker rarely
+/// fails a commit on demand). Release builds never read the variable.
+#[cfg(debug_assertions)]
+fn injected_commit_failure() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    let every = std::env::var("KARTFLOW_DEBUG_FAIL_COMMIT_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0);
+    every.is_some_and(|n| (COMMITS.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_commit_failure() -> bool {
+    false
 }
 
 /// Waits until every record of the transaction is delivered, checking every 1 ms (librdkafka's
