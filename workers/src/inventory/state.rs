@@ -213,10 +213,15 @@ impl StoredProduct {
     pub fn name(&self) -> String {
         let at = self.name_at as usize;
         let end = self.name_end as usize;
-        self.json
-            .get(at..end)
-            .and_then(|s| serde_json::from_slice(s).ok())
-            .unwrap_or_default()
+        let literal = self.json.get(at..end).unwrap_or_default();
+        // Without a backslash the literal's content is the name itself (every event asks).
+        if let Some(inner) = literal.get(1..literal.len().saturating_sub(1))
+            && !inner.contains(&b'\\')
+            && let Ok(name) = std::str::from_utf8(inner)
+        {
+            return name.to_owned();
+        }
+        serde_json::from_slice(literal).unwrap_or_default()
     }
 
     /// The record decoded. It was encoded from a valid [`Product`], so this does not fail in
@@ -232,15 +237,21 @@ impl StoredProduct {
         }
         let at = self.inv_at as usize;
         let end = at + self.inv_len as usize;
-        let mut b = Vec::with_capacity(self.json.len() + 20);
-        b.extend_from_slice(&self.json[..at]);
-        push_i64(&mut b, inventory);
-        let new_len = b.len() - at;
-        b.extend_from_slice(&self.json[end..]);
+        let mut digits = Vec::with_capacity(20);
+        push_i64(&mut digits, inventory);
+        if digits.len() == end - at {
+            // Same width (the usual case): rewrite in place, no new record.
+            self.json[at..end].copy_from_slice(&digits);
+        } else {
+            let mut b = Vec::with_capacity(self.json.len() - (end - at) + digits.len());
+            b.extend_from_slice(&self.json[..at]);
+            b.extend_from_slice(&digits);
+            b.extend_from_slice(&self.json[end..]);
+            self.json = b.into_boxed_slice();
+        }
         // Digits of an i64 fit a u32 whatever the value.
-        self.inv_len = u32::try_from(new_len).unwrap_or(self.inv_len);
+        self.inv_len = u32::try_from(digits.len()).unwrap_or(self.inv_len);
         self.inventory = inventory;
-        self.json = b.into_boxed_slice();
     }
 
     /// Heap bytes held (for the state size estimate).
@@ -415,8 +426,16 @@ impl SeenIds {
 impl Serialize for SeenIds {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
+        // The changelog writes these for every touched key: hex digits without a String each.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 32];
         for (h, t) in &self.0 {
-            m.serialize_entry(&format!("{h:032x}"), t)?;
+            for (i, b) in buf.iter_mut().enumerate() {
+                // The nibble is < 16, so the cast cannot truncate.
+                *b = HEX[((h >> (124 - 4 * i)) & 0xf) as usize];
+            }
+            let hex = std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?;
+            m.serialize_entry(hex, t)?;
         }
         m.end()
     }
@@ -528,17 +547,20 @@ impl KeyState {
     /// The key as JSON for the changelog: the same document as its `Serialize` form, with the
     /// stored product record spliced in as it is (no decode and re-encode).
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let rest = serde_json::to_vec(&self.wire(false))?;
         let Some(product) = &self.product else {
-            return Ok(rest);
+            return serde_json::to_vec(&self.wire(false));
         };
-        let mut out = Vec::with_capacity(rest.len() + product.json.len() + 12);
+        // One buffer: the product record, then the other fields' object with its `{` turned
+        // into the `,` that continues this one.
+        let mut out = Vec::with_capacity(product.json.len() + 64 + 48 * self.seen.len());
         out.extend_from_slice(b"{\"product\":");
         out.extend_from_slice(&product.json);
-        if rest.len() > 2 {
-            out.push(b',');
-            out.extend_from_slice(&rest[1..]);
+        let rest = out.len();
+        serde_json::to_writer(&mut out, &self.wire(false))?;
+        if out.len() - rest > 2 {
+            out[rest] = b',';
         } else {
+            out.truncate(rest);
             out.push(b'}');
         }
         Ok(out)

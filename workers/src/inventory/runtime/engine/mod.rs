@@ -19,14 +19,15 @@ mod records;
 mod status;
 mod transaction;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use thiserror::Error;
 
@@ -36,6 +37,8 @@ use super::savepoint::{Loaded, SavepointError};
 use crate::inventory::{InventoryRules, PartitionState, Source};
 use crate::process::{Readiness, Shutdown};
 use kartflow_wire::config::InventorySettings;
+
+use transaction::{Held, Inflight, TxnProducer};
 
 pub use commands::Command;
 pub use consume::run;
@@ -55,6 +58,8 @@ pub enum EngineError {
     Fenced(KafkaError),
     #[error("the consumer has no group metadata: it has not joined group yet")]
     NoGroupMetadata,
+    #[error("the transaction commit thread failed: {0}")]
+    CommitThread(String),
     #[error(
         "the Kafka consumer failed fatally ({code}): {reason}{hint}; exiting so a restart gets a fresh consumer"
     )]
@@ -113,6 +118,33 @@ struct Slot {
     orphans: usize,
 }
 
+/// Children of a single-label counter vector, found by a scan of the few labels in use instead
+/// of the vector's hash and lock: the loop counts every record several times. A child is created
+/// on first use, as `with_label_values` does, so no series appears before it counts something.
+struct Counted {
+    vec: IntCounterVec,
+    children: RefCell<Vec<(String, IntCounter)>>,
+}
+
+impl Counted {
+    fn new(vec: &IntCounterVec) -> Self {
+        Self {
+            vec: vec.clone(),
+            children: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn inc(&self, label: &str) {
+        if let Some((_, c)) = self.children.borrow().iter().find(|(l, _)| l == label) {
+            c.inc();
+            return;
+        }
+        let c = self.vec.with_label_values(&[label]);
+        c.inc();
+        self.children.borrow_mut().push((label.to_owned(), c));
+    }
+}
+
 /// The loop's mutable state, reachable from the rebalance callbacks.
 struct Core {
     settings: InventorySettings,
@@ -121,16 +153,23 @@ struct Core {
     instance: String,
     partition_count: usize,
     client: ClientConfig,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Shared with the thread that commits the previous batch (see `transaction`).
+    producer: TxnProducer,
     /// Watermark queries for the lag gauges. Not the group consumer: its broker connections are
     /// busy with long-poll fetches, which queue each query behind up to `fetch.wait.max.ms` and
     /// stalled the loop for seconds on every refresh.
     watermarks: BaseConsumer,
     slots: BTreeMap<i32, Slot>,
+    /// The producer has a transaction open (false while the batch's outputs are held).
     txn_open: bool,
-    /// Consume instants of the records in the open transaction, for the latency histogram.
+    /// Consume instants of the records in the open batch, for the latency histogram.
     txn_records: Vec<Instant>,
+    /// When the open batch started; `None` when no batch is open.
     txn_started: Option<Instant>,
+    /// The previous batch's commit, running on its helper thread.
+    inflight: Option<Inflight>,
+    /// Outputs of the open batch produced while `inflight` runs.
+    held: RefCell<Held>,
     /// Partitions restored in `pre_rebalance` whose consumer position must be set afterwards.
     to_seek: BTreeSet<i32>,
     /// Partitions whose bootstrap file must be (re)applied by the loop.
@@ -142,6 +181,11 @@ struct Core {
     dlq_log: DlqLogLimit,
     savepoint: Option<Loaded>,
     metrics: Metrics,
+    records_in: Counted,
+    records_out: Counted,
+    /// Reused for encoding events (see `records::emit`).
+    encode_buf: Vec<u8>,
+    dispositions: Counted,
     status: SharedStatus,
     readiness: Readiness,
 }

@@ -200,6 +200,10 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), KafkaError> {
+        // Called before every record: nothing to allocate when nothing waits for a seek.
+        if self.to_seek.is_empty() {
+            return Ok(());
+        }
         let pending: Vec<i32> = std::mem::take(&mut self.to_seek).into_iter().collect();
         let mut tpl = TopicPartitionList::new();
         for p in &pending {

@@ -19,7 +19,7 @@ use crate::inventory::{
 use crate::kafka::partitioner::partition_for_key;
 
 impl Core {
-    /// Enqueues a record and counts it.
+    /// Enqueues a record (or holds it while the previous batch commits) and counts it.
     fn send(
         &self,
         topic: &str,
@@ -28,8 +28,14 @@ impl Core {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), EngineError> {
-        send_raw(&self.producer, topic, partition, key, payload, headers)?;
-        self.metrics.records_out.with_label_values(&[topic]).inc();
+        if self.inflight.is_some() {
+            self.held
+                .borrow_mut()
+                .push(topic, partition, key, payload, headers);
+        } else {
+            send_raw(&self.producer, topic, partition, key, payload, headers)?;
+        }
+        self.records_out.inc(topic);
         Ok(())
     }
 
@@ -111,19 +117,29 @@ impl Core {
         let t = &self.settings.topics;
         for p in &out.products {
             // The stored record is the canonical JSON: no encoding here.
-            let key = id.map_or_else(
-                || p.to_product().map(|p| p.product_id).unwrap_or_default(),
-                str::to_owned,
-            );
+            let decoded;
+            let key = match id {
+                Some(id) => id,
+                None => {
+                    decoded = p.to_product().map(|p| p.product_id).unwrap_or_default();
+                    &decoded
+                }
+            };
             self.send(&t.products, None, key.as_bytes(), Some(p.json()), None)?;
         }
+        // One encoding for both topics, into a buffer reused from record to record (the
+        // producer copies what it is given).
+        let mut buf = std::mem::take(&mut self.encode_buf);
         for e in &out.events {
-            // One encoding for both topics.
-            let bytes = serde_json::to_vec(e).unwrap_or_default();
+            buf.clear();
+            if serde_json::to_writer(&mut buf, e).is_err() {
+                buf.clear();
+            }
             let key = e.product_id.as_bytes();
-            self.send(&t.inventory_events, None, key, Some(&bytes), None)?;
-            self.send(&t.websocket_fanout, None, key, Some(&bytes), None)?;
+            self.send(&t.inventory_events, None, key, Some(&buf), None)?;
+            self.send(&t.websocket_fanout, None, key, Some(&buf), None)?;
         }
+        self.encode_buf = buf;
         for a in &out.alerts {
             self.send_json(&t.inventory_alerts, &a.product_id, a)?;
         }
@@ -146,6 +162,10 @@ impl Core {
 
     /// Applies one input to partition `p` and emits what it produced.
     fn apply_to(&mut self, p: i32, input: Input, now: i64) -> Result<(), EngineError> {
+        // State is about to be restored to the last commit: nothing may build on it.
+        if self.needs_rewind {
+            return Ok(());
+        }
         let Some(slot) = self.slots.get_mut(&p) else {
             return Ok(());
         };
@@ -154,8 +174,10 @@ impl Core {
             Input::OrderLine(l) => Some(l.product_id.clone()),
             Input::Tick => None,
         };
-        let out = apply(&mut slot.state, &self.rules, input, now);
-        slot.dirty_keys.extend(out.touched.iter().cloned());
+        let mut out = apply(&mut slot.state, &self.rules, input, now);
+        // A tick that fired nothing must not open a transaction of its own.
+        let empty = out.is_empty();
+        slot.dirty_keys.extend(std::mem::take(&mut out.touched));
         // Orphans enter only as `Buffered` and leave only applied or expired to the DLQ.
         let expired = out
             .dlq
@@ -165,13 +187,10 @@ impl Core {
         let buffered = usize::from(out.disposition == Disposition::Buffered);
         slot.orphans = (slot.orphans + buffered).saturating_sub(out.orphans_applied + expired);
         if out.disposition != Disposition::Tick {
-            self.metrics
-                .dispositions
-                .with_label_values(&[Self::disposition_label(&out.disposition)])
-                .inc();
+            self.dispositions
+                .inc(Self::disposition_label(&out.disposition));
         }
-        // A tick that fired nothing must not open a transaction of its own.
-        if out.is_empty() {
+        if empty {
             return Ok(());
         }
         self.begin()?;
@@ -188,6 +207,10 @@ impl Core {
         payload: Option<&[u8]>,
         consumed_at: Instant,
     ) -> Result<(), EngineError> {
+        // Read again after the rewind's seek.
+        if self.needs_rewind {
+            return Ok(());
+        }
         let Some(slot) = self.slots.get(&partition) else {
             debug!(
                 topic,
@@ -205,20 +228,23 @@ impl Core {
             return Ok(());
         }
         self.begin()?;
-        self.metrics.records_in.with_label_values(&[topic]).inc();
+        self.records_in.inc(topic);
         self.txn_records.push(consumed_at);
         match decode(self.source_of(topic), key, payload) {
             Ok(input) => self.apply_to(partition, input, now_ms())?,
             Err(entry) => {
-                self.metrics
-                    .dispositions
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+                self.dispositions.inc("dead_lettered");
                 self.send_dlq(&entry, Some((topic, partition, offset)))?;
             }
         }
         if let Some(slot) = self.slots.get_mut(&partition) {
-            slot.meta.offsets.insert(topic.to_owned(), offset + 1);
+            // The topic's entry exists after its first record: no key to allocate per record.
+            match slot.meta.offsets.get_mut(topic) {
+                Some(next) => *next = offset + 1,
+                None => {
+                    slot.meta.offsets.insert(topic.to_owned(), offset + 1);
+                }
+            }
             slot.meta_dirty = true;
         }
         Ok(())
@@ -245,6 +271,11 @@ impl Core {
             self.to_bootstrap.clear();
             return Ok(());
         };
+        // A whole catalogue must go to the producer, not be held behind a commit in flight.
+        self.settle_inflight(true)?;
+        if self.needs_rewind {
+            return Ok(());
+        }
         let bad = |detail: String| EngineError::Bootstrap {
             path: file.path.clone(),
             detail,
