@@ -112,7 +112,8 @@ up() {
   fi
   log "starting Apache Kafka $KAFKA_VERSION at $KAFKA_BOOTSTRAP (logs: $KAFKA_DIR/logs)"
   # setsid: the broker outlives this shell and a Ctrl-C in it; it is stopped by pid file only.
-  setsid nohup java "${BROKER_OPTS[@]}" -cp "$jars/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+  # env -C: its working directory is its own, not the caller's (possibly deleted) work tree.
+  setsid nohup env -C "$KAFKA_DIR" java "${BROKER_OPTS[@]}" -cp "$jars/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
     >"$KAFKA_DIR/logs/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   local start=$SECONDS

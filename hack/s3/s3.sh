@@ -39,7 +39,9 @@ up() {
   # A bucket is a directory of the root.
   mkdir -p "$DATA/$S3_BUCKET"
   log "starting s3s-fs $S3S_FS_VERSION at $S3_ENDPOINT, bucket $S3_BUCKET (data: $DATA)"
-  setsid nohup "$BIN" --host "$S3_HOST" --port "$S3_PORT" \
+  # env -C: the server's working directory is its own, not the caller's work tree (s3s-fs failed
+  # every PUT once the clone that started it was deleted).
+  setsid nohup env -C "$S3_DIR" "$BIN" --host "$S3_HOST" --port "$S3_PORT" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$DATA" \
     >"$LOGFILE" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
