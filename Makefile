@@ -68,13 +68,13 @@ test: toolchain fmt-check lint crds-check ## Everything: format, lint, unit, int
 	# The process node maps kartflow images to target/debug binaries: build them first.
 	$(CARGO) build --workspace --locked
 ifeq ($(STACK),local)
-	# The images: built twice (same digests), pushed to a loopback registry, run in a chroot.
-	hack/images/check.sh
 	hack/cluster/build.sh >/dev/null
 	hack/chart-check.sh
 	# The chart's alerts: promtool check rules and test rules (promtool from Go modules, cached).
 	hack/prometheus/check.sh
 	hack/dev.sh up
+	# The images: built twice (same digests), pushed to the stack's registry, run in a chroot.
+	hack/images/check.sh
 	hack/cluster/up.sh
 	hack/cluster/smoke.sh
 	hack/cluster/e2e.sh
@@ -88,6 +88,8 @@ endif
 
 images: ## Build the kartflow/operator and kartflow/worker OCI archives into target/images (no daemon)
 	hack/images/build.sh
+	@if hack/registry/registry.sh status >/dev/null 2>&1; then hack/images/push.sh --local; \
+	  else echo "the local registry is not running, so nothing was pushed (make dev-up starts it; make images-push REGISTRY=... pushes elsewhere)"; fi
 
 images-push: ## Push the archives of make images to REGISTRY, e.g. make images-push REGISTRY=127.0.0.1:5000
 	@[ -n "$(REGISTRY)" ] || { echo "set REGISTRY, e.g. make images-push REGISTRY=127.0.0.1:5000" >&2; exit 1; }
@@ -96,7 +98,7 @@ images-push: ## Push the archives of make images to REGISTRY, e.g. make images-p
 images-check: ## The images' checks of make test: reproducible, pushable, runnable (root)
 	hack/images/check.sh
 
-dev-up: ## Start the local data stack (Kafka KRaft + PostgreSQL); idempotent
+dev-up: ## Start the local data stack (Kafka KRaft, PostgreSQL, S3 store, image registry); idempotent
 	hack/dev.sh up
 
 dev-down: ## Stop the local data stack (only what dev-up started)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local data stack on loopback: Apache Kafka (KRaft), PostgreSQL (wal_level=logical) and an
-# S3-compatible object store for savepoints (s3s-fs).
-#   hack/dev.sh up       start all three (idempotent: running parts are left alone)
+# The local data stack on loopback: Apache Kafka (KRaft), PostgreSQL (wal_level=logical), an
+# S3-compatible object store for savepoints (s3s-fs) and an OCI image registry for the images.
+#   hack/dev.sh up       start all four (idempotent: running parts are left alone)
 #   hack/dev.sh down     stop what these scripts started (by pid file, never by process name)
 #   hack/dev.sh status   report each; exits non-zero unless all run
 set -euo pipefail
@@ -11,10 +11,12 @@ case "${1:-}" in
     "$HERE/postgres/postgres.sh" up
     "$HERE/kafka/kafka.sh" up
     "$HERE/s3/s3.sh" up
+    "$HERE/registry/registry.sh" up
     "$HERE/env.sh"
     ;;
   down)
     rc=0
+    "$HERE/registry/registry.sh" down || rc=1
     "$HERE/s3/s3.sh" down || rc=1
     "$HERE/kafka/kafka.sh" down || rc=1
     "$HERE/postgres/postgres.sh" down || rc=1
@@ -25,6 +27,7 @@ case "${1:-}" in
     "$HERE/kafka/kafka.sh" status || rc=1
     "$HERE/postgres/postgres.sh" status || rc=1
     "$HERE/s3/s3.sh" status || rc=1
+    "$HERE/registry/registry.sh" status || rc=1
     exit $rc
     ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;

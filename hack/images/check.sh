@@ -2,8 +2,9 @@
 # The images' acceptance checks (make test runs this; root, for the chroot):
 #   1. the builder's own tests (go test);
 #   2. make images twice from the same commit gives the same digests and bytes;
-#   3. each archive pushed to a registry (go-containerregistry's, on loopback) keeps its digest,
-#      and crane sees user 65532, the entrypoint and the OCI labels;
+#   3. each archive pushed to the local stack's registry (go-containerregistry's, on loopback,
+#      REGISTRY_ADDR; make test starts it with the stack) keeps its digest, and crane sees user
+#      65532, the entrypoint and the OCI labels;
 #   4. each image's filesystem, exported from the registry, runs its binary as user 65532 in a
 #      chroot (so the runtime layer has every library the binary needs) and has no shell;
 #   5. each image is under 40 MB compressed.
@@ -17,13 +18,10 @@ unset IMAGE_REGISTRY  # the checks name the images kartflow/<name>
 [ "$(id -u)" -eq 0 ] || die "the image checks run each image's binary in a chroot: run as root"
 command -v jq >/dev/null || apt_install jq
 
+"$HACK_DIR/registry/registry.sh" status >/dev/null \
+  || die "the local registry ($REGISTRY_ADDR) is not running: start the stack with hack/dev.sh up"
 work=$(mktemp -d)
-registry_pid=
-cleanup() {
-  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'rm -rf "$work"' EXIT
 
 log "unit tests of the image builder"
 go test -C "$HACK_DIR/images/imagebuild" ./... >&2 || die "go test of hack/images/imagebuild failed"
@@ -41,22 +39,15 @@ done
 log "two builds gave identical digests"
 
 crane=$("$HACK_DIR/images/push.sh" --crane-path)
-port=$((20000 + RANDOM % 20000))
-until ! port_open 127.0.0.1 "$port"; do port=$((20000 + RANDOM % 20000)); done
-"$crane" registry serve --address "127.0.0.1:$port" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-wait_until 30 "registry on 127.0.0.1:$port" port_open 127.0.0.1 "$port" \
-  || die "crane registry did not listen on 127.0.0.1:$port: $(tail -5 "$work/registry.log")"
-
 # push.sh checks the registry's digest of each image against the archive's.
-"$HACK_DIR/images/push.sh" "127.0.0.1:$port" "$out" > "$work/pushed"
+"$HACK_DIR/images/push.sh" --local "$out" > "$work/pushed"
 while read -r line; do
   image=$(jq -r .image <<<"$line")
   digest=$(jq -r .digest <<<"$line")
   bytes=$(jq -r .compressedBytes <<<"$line")
   name=${image%%:*}
   bin=kartflow-${name#kartflow/}
-  ref=127.0.0.1:$port/$image
+  ref=$REGISTRY_ADDR/$image
   (( bytes < MAX_BYTES )) || die "$image is $bytes bytes compressed, over the $MAX_BYTES target"
   grep -qxF "$ref@$digest" "$work/pushed" || die "$image was not pushed as $ref@$digest: $(cat "$work/pushed")"
   config=$("$crane" config --insecure "$ref")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pushes the archives make images wrote to a registry, keeping their digests.
-#   hack/images/push.sh REGISTRY [ARCHIVE_DIR]     e.g. hack/images/push.sh 127.0.0.1:5000
+#   hack/images/push.sh REGISTRY [ARCHIVE_DIR]     e.g. hack/images/push.sh ghcr.io/you
+#   hack/images/push.sh --local [ARCHIVE_DIR]      the local stack's registry (REGISTRY_ADDR)
 # (make images-push REGISTRY=...). Each target/images/kartflow-<name>.tar goes to
 # REGISTRY/kartflow/<name>:<tag>; plain HTTP is allowed for loopback registries only. Prints one
 # line per image: the pushed reference with its digest. Uses crane (go-containerregistry), built
@@ -21,7 +22,12 @@ build_crane() {
 }
 # --crane-path: build crane if needed and print its path (for the checks).
 if [ "${1:-}" = --crane-path ]; then build_crane; echo "$crane"; exit 0; fi
-registry=${1:?usage: hack/images/push.sh REGISTRY [ARCHIVE_DIR] (e.g. 127.0.0.1:5000 or ghcr.io/you)}
+registry=${1:?usage: hack/images/push.sh REGISTRY|--local [ARCHIVE_DIR] (e.g. ghcr.io/you)}
+if [ "$registry" = --local ]; then
+  "$HACK_DIR/registry/registry.sh" status >/dev/null \
+    || die "the local registry ($REGISTRY_ADDR) is not running: start the stack with make dev-up"
+  registry=$REGISTRY_ADDR
+fi
 registry=${registry%/}
 dir=${2:-$REPO_DIR/target/images}
 [ -s "$dir/images.jsonl" ] || die "no images in $dir: run make images first"

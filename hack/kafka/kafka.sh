@@ -116,9 +116,11 @@ up() {
   setsid nohup env -C "$KAFKA_DIR" java "${BROKER_OPTS[@]}" -cp "$jars/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
     >"$KAFKA_DIR/logs/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
-  local start=$SECONDS
+  local start=$SECONDS pid
+  pid=$(cat "$PIDFILE")
   until port_open "$KAFKA_HOST" "$KAFKA_PORT" && answers_metadata "$jars"; do
-    if ! running; then
+    # kill -0, not running(): until the child has exec'd java, its command line is this shell's.
+    if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 30 "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
       die "the broker exited during start-up (log tail above)"
     fi
