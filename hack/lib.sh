@@ -40,6 +40,41 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
+# spawn_daemon DIR PIDFILE LOGFILE COMMAND...: starts COMMAND in a session of its own (it outlives
+# this shell and a Ctrl-C in it; stopped by pid file only), with DIR as its working directory,
+# never the caller's work tree (s3s-fs failed every write once the clone that started it was
+# deleted), output to LOGFILE, and writes its pid to PIDFILE.
+spawn_daemon() {
+  local dir=$1 pidfile=$2 logfile=$3
+  shift 3
+  setsid nohup env -C "$dir" "$@" >"$logfile" 2>&1 </dev/null &
+  echo $! > "$pidfile"
+}
+
+# await_daemon PIDFILE TIMEOUT_S WHAT LOGS READY_COMMAND...: polls READY_COMMAND until it
+# succeeds; dies naming WHAT, with the tail of LOGS (space-separated files), if the process exits
+# or TIMEOUT_S passes first. Uses kill -0: until the child has exec'd, its command line is still
+# this shell's, so pid_alive's marker would not match yet.
+await_daemon() {
+  local pidfile=$1 timeout=$2 what=$3 logs=$4 start=$SECONDS pid
+  shift 4
+  pid=$(cat "$pidfile")
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      # shellcheck disable=SC2086
+      tail -n 30 $logs >&2 2>/dev/null || true
+      die "$what exited during start-up (log tail above)"
+    fi
+    if (( SECONDS - start >= timeout )); then
+      # shellcheck disable=SC2086
+      tail -n 30 $logs >&2 2>/dev/null || true
+      die "$what was not ready within $timeout s (log tail above)"
+    fi
+    sleep 0.2
+  done
+  log "ready after $((SECONDS - start)) s (pid $pid)"
+}
+
 # port_open HOST PORT: true when something accepts TCP connections there.
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -111,27 +111,14 @@ up() {
       || { tail -n 20 "$KAFKA_DIR/logs/format.log" >&2; die "formatting KRaft storage failed"; }
   fi
   log "starting Apache Kafka $KAFKA_VERSION at $KAFKA_BOOTSTRAP (logs: $KAFKA_DIR/logs)"
-  # setsid: the broker outlives this shell and a Ctrl-C in it; it is stopped by pid file only.
-  # env -C: its working directory is its own, not the caller's (possibly deleted) work tree.
-  setsid nohup env -C "$KAFKA_DIR" java "${BROKER_OPTS[@]}" -cp "$jars/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >"$KAFKA_DIR/logs/stdout.log" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
-  local start=$SECONDS pid
-  pid=$(cat "$PIDFILE")
-  until port_open "$KAFKA_HOST" "$KAFKA_PORT" && answers_metadata "$jars"; do
-    # kill -0, not running(): until the child has exec'd java, its command line is this shell's.
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 30 "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
-      die "the broker exited during start-up (log tail above)"
-    fi
-    if (( SECONDS - start >= START_TIMEOUT )); then
-      tail -n 30 "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
-      die "the broker did not answer metadata requests within $START_TIMEOUT s (log tail above)"
-    fi
-    sleep 1
-  done
-  log "ready after $((SECONDS - start)) s (pid $(cat "$PIDFILE"))"
+  spawn_daemon "$KAFKA_DIR" "$PIDFILE" "$KAFKA_DIR/logs/stdout.log" \
+    java "${BROKER_OPTS[@]}" -cp "$jars/*" kafka.Kafka "$KAFKA_DIR/server.properties"
+  # broker_ready sees up()'s local $jars (bash scopes dynamically).
+  await_daemon "$PIDFILE" "$START_TIMEOUT" "the broker" \
+    "$KAFKA_DIR/logs/stdout.log $KAFKA_DIR/logs/server.log" broker_ready
 }
+
+broker_ready() { port_open "$KAFKA_HOST" "$KAFKA_PORT" && answers_metadata "$jars"; }
 
 down() {
   if ! running; then log "not running"; rm -f "$PIDFILE"; return; fi

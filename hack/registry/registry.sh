@@ -27,17 +27,9 @@ up() {
   crane=$("$HACK_DIR/images/push.sh" --crane-path) || die "could not build crane (see above)"
   mkdir -p "$DATA"
   log "starting the image registry at $REGISTRY_ADDR (crane registry serve; blobs: $DATA)"
-  setsid nohup env -C "$REG_DIR" "$crane" registry serve --address "$REGISTRY_ADDR" --disk "$DATA" \
-    >"$LOGFILE" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
-  local start=$SECONDS pid
-  pid=$(cat "$PIDFILE")
-  until port_open "$REG_HOST" "$REG_PORT"; do
-    if ! kill -0 "$pid" 2>/dev/null; then tail -n 20 "$LOGFILE" >&2 || true; die "the registry exited during start-up (log tail above)"; fi
-    if (( SECONDS - start >= START_TIMEOUT )); then die "the registry did not listen within $START_TIMEOUT s (log: $LOGFILE)"; fi
-    sleep 0.2
-  done
-  log "ready after $((SECONDS - start)) s (pid $pid)"
+  spawn_daemon "$REG_DIR" "$PIDFILE" "$LOGFILE" \
+    "$crane" registry serve --address "$REGISTRY_ADDR" --disk "$DATA"
+  await_daemon "$PIDFILE" "$START_TIMEOUT" "the registry" "$LOGFILE" port_open "$REG_HOST" "$REG_PORT"
 }
 
 down() {

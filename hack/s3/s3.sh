@@ -39,21 +39,9 @@ up() {
   # A bucket is a directory of the root.
   mkdir -p "$DATA/$S3_BUCKET"
   log "starting s3s-fs $S3S_FS_VERSION at $S3_ENDPOINT, bucket $S3_BUCKET (data: $DATA)"
-  # env -C: the server's working directory is its own, not the caller's work tree (s3s-fs failed
-  # every PUT once the clone that started it was deleted).
-  setsid nohup env -C "$S3_DIR" "$BIN" --host "$S3_HOST" --port "$S3_PORT" \
-    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$DATA" \
-    >"$LOGFILE" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
-  local start=$SECONDS pid
-  pid=$(cat "$PIDFILE")
-  until port_open "$S3_HOST" "$S3_PORT"; do
-    # kill -0, not running(): until the child has exec'd, its command line is still this shell's.
-    if ! kill -0 "$pid" 2>/dev/null; then tail -n 20 "$LOGFILE" >&2 || true; die "s3s-fs exited during start-up (log tail above)"; fi
-    if (( SECONDS - start >= START_TIMEOUT )); then die "s3s-fs did not listen within $START_TIMEOUT s (log: $LOGFILE)"; fi
-    sleep 0.2
-  done
-  log "ready after $((SECONDS - start)) s (pid $(cat "$PIDFILE"))"
+  spawn_daemon "$S3_DIR" "$PIDFILE" "$LOGFILE" "$BIN" --host "$S3_HOST" --port "$S3_PORT" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$DATA"
+  await_daemon "$PIDFILE" "$START_TIMEOUT" s3s-fs "$LOGFILE" port_open "$S3_HOST" "$S3_PORT"
 }
 
 down() {

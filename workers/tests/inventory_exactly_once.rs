@@ -15,6 +15,25 @@ use support::{Kafka, PARTITIONS, PipelineConfig, Rng, TestDir, TopicNames, Worke
 
 const READY: Duration = Duration::from_secs(60);
 
+/// The worker's state, read from a savepoint, agrees with the workload: each product's inventory
+/// and each oversell's shortfall (initial − demand below 0).
+fn assert_final_state(worker: &Worker, want: &support::Expected) {
+    let location = worker.savepoint("final")["location"]
+        .as_str()
+        .expect("savepoint location")
+        .to_owned();
+    let state = support::savepoint_products(&support::savepoint_states(&location));
+    let want_state: std::collections::BTreeMap<String, (i64, i64)> = want
+        .inventory
+        .iter()
+        .map(|(id, inv)| {
+            let units = want.oversold_units.get(id).copied().unwrap_or(0);
+            (id.clone(), (*inv, units))
+        })
+        .collect();
+    assert_eq!(state, want_state, "(inventory, oversold units) per product");
+}
+
 #[test]
 #[ignore = "needs the local Kafka: `make test` runs it (or `make dev-up` + --include-ignored)"]
 fn every_order_line_applies_exactly_once_across_sigkills() {
@@ -78,21 +97,7 @@ fn every_order_line_applies_exactly_once_across_sigkills() {
     );
     support::assert_outputs(&kafka, &topics, &want, &[&worker]);
 
-    // The state agrees, and records each oversell's shortfall (initial − demand below 0).
-    let location = worker.savepoint("final")["location"]
-        .as_str()
-        .expect("savepoint location")
-        .to_owned();
-    let state = support::savepoint_products(&support::savepoint_states(&location));
-    let want_state: std::collections::BTreeMap<String, (i64, i64)> = want
-        .inventory
-        .iter()
-        .map(|(id, inv)| {
-            let units = want.oversold_units.get(id).copied().unwrap_or(0);
-            (id.clone(), (*inv, units))
-        })
-        .collect();
-    assert_eq!(state, want_state, "(inventory, oversold units) per product");
+    assert_final_state(&worker, &want);
     eprintln!(
         "[exactly_once] {} distinct lines + {} redeliveries, {} oversold products, {kills} kills, \
          {restarts} extra restarts, {:?}",
@@ -141,20 +146,7 @@ fn every_order_line_applies_exactly_once_when_overlapped_commits_fail() {
         &[&worker],
     );
     support::assert_outputs(&kafka, &topics, &want, &[&worker]);
-    let location = worker.savepoint("final")["location"]
-        .as_str()
-        .expect("savepoint location")
-        .to_owned();
-    let state = support::savepoint_products(&support::savepoint_states(&location));
-    let want_state: std::collections::BTreeMap<String, (i64, i64)> = want
-        .inventory
-        .iter()
-        .map(|(id, inv)| {
-            let units = want.oversold_units.get(id).copied().unwrap_or(0);
-            (id.clone(), (*inv, units))
-        })
-        .collect();
-    assert_eq!(state, want_state, "(inventory, oversold units) per product");
+    assert_final_state(&worker, &want);
     let metrics = match support::http(worker.port, "GET", "/metrics", None) {
         Ok((200, body)) => body,
         other => panic!("GET /metrics: {other:?}"),

@@ -106,10 +106,9 @@ impl View {
         let (id, change) = match change {
             Change::Product {
                 id,
-                fields,
+                fields: doc,
                 timestamp,
             } => {
-                let doc = fields;
                 let (key, entry) = entry_for(&mut self.products, id);
                 let was_served = entry.doc.is_some();
                 let now_served = doc.is_some();
