@@ -51,17 +51,7 @@ impl Drop for Cleanup {
                 "--timeout=60s",
             ],
         );
-        let _ = cluster::run(
-            "helm",
-            &[
-                "uninstall",
-                RELEASE,
-                "-n",
-                SYSTEM_NS,
-                "--wait",
-                "--ignore-not-found",
-            ],
-        );
+        let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, true);
         let _ = cluster::run(
             "kubectl",
             &["delete", "namespace", &self.app_ns, "--wait=false"],
@@ -154,17 +144,7 @@ async fn a_cdc_source_drives_a_real_worker_pod() {
     let apps = TestNamespace::create(&client, "kf-cdc").await;
     let ns = apps.name.clone();
     let _cleanup = Cleanup { app_ns: ns.clone() };
-    let _ = cluster::run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            SYSTEM_NS,
-            "--wait",
-            "--ignore-not-found",
-        ],
-    );
+    let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, true);
     let watch = format!("watchNamespaces={{{ns}}}");
     cluster::install_chart(RELEASE, SYSTEM_NS, &[&watch]).unwrap_or_else(|e| panic!("{e}"));
 

@@ -67,10 +67,7 @@ impl Drop for Cleanup {
                 "--wait=false",
             ],
         );
-        quiet(
-            "helm",
-            &["uninstall", RELEASE, "-n", SYSTEM_NS, "--ignore-not-found"],
-        );
+        let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, false);
         quiet(
             "kubectl",
             &["delete", "namespace", SYSTEM_NS, "--wait=false"],
@@ -227,17 +224,7 @@ async fn read_replicas_scale_by_cpu() {
     cluster::require_node_worker("read-model");
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
-    let _ = cluster::run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            SYSTEM_NS,
-            "--wait",
-            "--ignore-not-found",
-        ],
-    );
+    let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, true);
     let base = stack::unique_name("hpa-e2e").replace('_', "-");
     let topic = |t: &str| format!("{base}.{t}");
     let mut cleanup = Cleanup { topics: Vec::new() };

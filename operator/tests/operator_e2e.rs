@@ -247,10 +247,7 @@ impl Drop for Uninstall {
                 "--wait=false",
             ],
         );
-        quiet(
-            "helm",
-            &["uninstall", RELEASE, "-n", SYSTEM_NS, "--ignore-not-found"],
-        );
+        let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, false);
     }
 }
 
@@ -280,17 +277,7 @@ async fn drop_leftovers() {
 
 async fn install(client: &Client, ns: &str) {
     // A release left by an interrupted run would keep its old operator processes running.
-    let _ = cluster::run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            ns,
-            "--wait",
-            "--ignore-not-found",
-        ],
-    );
+    let _ = cluster::uninstall_chart(RELEASE, ns, true);
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     wait_for(&format!("namespace {ns} not terminating"), T, || async {
         let terminating = namespaces

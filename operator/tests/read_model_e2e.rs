@@ -56,10 +56,7 @@ impl Drop for Uninstall {
                 "--wait=false",
             ],
         );
-        quiet(
-            "helm",
-            &["uninstall", RELEASE, "-n", SYSTEM_NS, "--ignore-not-found"],
-        );
+        let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, false);
     }
 }
 
@@ -102,17 +99,7 @@ async fn every_replica_serves_every_product() {
     cluster::require_node_worker("read-model");
     let client = cluster::client().await;
     cluster::install_crds(&client, &cluster::repo_root().join("crds")).await;
-    let _ = cluster::run(
-        "helm",
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            SYSTEM_NS,
-            "--wait",
-            "--ignore-not-found",
-        ],
-    );
+    let _ = cluster::uninstall_chart(RELEASE, SYSTEM_NS, true);
     cluster::install_chart(RELEASE, SYSTEM_NS, &["replicaCount=1"])
         .unwrap_or_else(|e| panic!("{e}"));
     let _release = Uninstall;

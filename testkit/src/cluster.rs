@@ -194,6 +194,17 @@ pub fn install_chart(release: &str, namespace: &str, sets: &[&str]) -> Result<St
     run("helm", &args)
 }
 
+/// `helm uninstall RELEASE -n NAMESPACE --ignore-not-found`, with `--wait` when `wait`: the
+/// clean-up before and after the cluster e2es, where an absent release is fine.
+pub fn uninstall_chart(release: &str, namespace: &str, wait: bool) -> Result<String, String> {
+    let mut args = vec!["uninstall", release, "-n", namespace];
+    if wait {
+        args.push("--wait");
+    }
+    args.push("--ignore-not-found");
+    run("helm", &args)
+}
+
 /// Fails clearly when the process node would run a worker without the `role` subcommand: the
 /// node agent maps `kartflow/worker` to `<its cargo target dir>/debug/kartflow-worker`, which is
 /// another worktree's build when the cluster was started from there.
